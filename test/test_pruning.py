@@ -1,0 +1,216 @@
+"""Pruning framework, baselines and tri_stage on a real tiny model."""
+
+import numpy as np
+import pytest
+import torch
+
+from model_fixtures import make_observation, micro_config
+from vla_pruned_ros.policy import Policy
+from vla_pruned_ros.pruning import (
+    Budget,
+    BudgetError,
+    available_pruners,
+    create_pruner,
+    select_top_k,
+)
+
+PRUNING = [name for name in available_pruners() if name != 'dense']
+
+
+@pytest.fixture(scope='module')
+def policy():
+    torch.manual_seed(0)
+    return Policy.from_preset('tiny', device='cpu', seed=0)
+
+
+def _pruned_step(policy, name, budget, observations, **config):
+    """Reset, then step until the pruner actually prunes (tri_stage starts with a full step)."""
+    policy.configure(name, budget, pruner_config=config or None)
+    policy.reset()
+    for observation in observations:
+        actions, stats = policy.step(observation)
+        if not stats.full_step:
+            return actions, stats
+    raise AssertionError(f'{name} never pruned')
+
+
+def test_select_top_k_exact_with_floors_and_ties():
+    scores = torch.tensor([5.0, 5.0, 1.0, 0.0, 9.0, 0.5])
+    is_3d = torch.tensor([False, False, False, True, True, True])
+    assert select_top_k(scores, is_3d, 2).tolist() == [0, 4]  # tie broken by lower index
+    kept = select_top_k(scores, is_3d, 3, floor_3d=2)
+    assert kept.tolist() == [0, 4, 5]
+    assert select_top_k(scores, is_3d, 4, floor_2d=3, floor_3d=1).tolist() == [0, 1, 2, 4]
+    with pytest.raises(BudgetError):
+        select_top_k(scores, is_3d, 7)
+
+
+def test_budget_validation_and_resolution():
+    assert Budget().resolve(64, 32) == 96
+    assert Budget(tokens=500).resolve(64, 32) == 96
+    assert Budget(keep_ratio=0.25).resolve(64, 32) == 24
+    with pytest.raises(BudgetError, match='exceed the budget'):
+        Budget(tokens=4, floor_2d=3, floor_3d=2).resolve(64, 32)
+    for bad in ({'tokens': 0}, {'keep_ratio': 0.0}, {'keep_ratio': 1.5},
+                {'tokens': 3, 'keep_ratio': 0.5}, {'floor_2d': -1}):
+        with pytest.raises(BudgetError):
+            Budget(**bad)
+
+
+@pytest.fixture(scope='module')
+def micro_policy():
+    return Policy.from_config(micro_config(), device='cpu', seed=0)
+
+
+@pytest.mark.parametrize('name', PRUNING)
+def test_budget_met_exactly_at_every_budget(micro_policy, name):
+    policy = micro_policy
+    observations = [make_observation(seed) for seed in range(2)]
+    n_visual = 16 + 16
+    for tokens in range(1, n_visual + 1):
+        floors = {'floor_2d': 2, 'floor_3d': 2} if tokens >= 4 else {}
+        policy.configure(name, Budget(tokens=tokens, **floors))
+        policy.reset()
+        for observation in observations:
+            _, stats = policy.step(observation)
+            kept = stats.kept_2d + [16 + i for i in stats.kept_3d]
+            assert kept == sorted(set(kept))
+            assert all(0 <= i < n_visual for i in kept)
+            if stats.full_step:
+                assert stats.tokens_kept == n_visual
+                continue
+            assert stats.tokens_kept == tokens, (name, tokens, stats.stages)
+            if floors:
+                assert stats.tokens_2d_kept >= 2 and stats.tokens_3d_kept >= 2
+
+
+@torch.no_grad()
+def test_dense_equals_unpruned_forward(policy):
+    observation = make_observation(1)
+    policy.configure('dense', Budget())
+    actions, stats = policy.step(observation)
+    assert stats.full_step and stats.tokens_kept == 96
+    model = policy.model
+    from vla_pruned_ros.tokens.points_3d import sample_groups
+
+    groups = sample_groups(observation.cloud(), model.config.points)
+    expected = model.denormalize(model.forward_dense(
+        model.vision.preprocess(observation.rgb),
+        torch.as_tensor(groups.neighbourhoods)[None],
+        torch.as_tensor(groups.centres)[None],
+        torch.tensor([policy.instructions.encode(observation.instruction)]),
+        torch.as_tensor(observation.ee_pose)[None],
+    ))[0].numpy()
+    np.testing.assert_allclose(actions, expected, rtol=1e-4, atol=1e-5)
+    assert stats.flops_actual == pytest.approx(stats.flops_dense)
+
+
+@pytest.mark.parametrize('name', PRUNING)
+def test_deterministic_and_reset_restores_episode_start(policy, name):
+    observations = [make_observation(seed) for seed in range(4)]
+
+    def episode():
+        policy.configure(name, Budget(keep_ratio=0.25))
+        policy.reset()
+        return [policy.step(observation) for observation in observations]
+
+    first, second = episode(), episode()
+    for (actions_a, stats_a), (actions_b, stats_b) in zip(first, second):
+        assert stats_a.kept_2d == stats_b.kept_2d and stats_a.kept_3d == stats_b.kept_3d
+        np.testing.assert_array_equal(actions_a, actions_b)
+
+
+def test_pruning_reduces_flops_and_changes_actions(policy):
+    observations = [make_observation(seed) for seed in range(3)]
+    for name in PRUNING:
+        actions, stats = _pruned_step(policy, name, Budget(keep_ratio=0.25), observations)
+        assert stats.flops_actual < stats.flops_dense, name
+        if name != 'fastv':  # fastv prunes at layer 3 of 4; the others before the decoder
+            assert stats.flops_actual < 0.7 * stats.flops_dense, name
+        assert np.isfinite(actions).all()
+
+
+def test_fastv_keeps_the_tokens_the_last_instruction_token_attends_to(policy):
+    from vla_pruned_ros.model.runner import AttentionProbe, LayerRunner
+
+    observation = make_observation(2)
+    policy.configure('fastv', Budget(tokens=10), pruner_config={'layer': 3})
+    _, stats = policy.step(observation)
+    assert stats.stages == [('fastv', stats.tokens_2d_kept, stats.tokens_3d_kept)]
+    assert stats.tokens_kept == 10
+    # Recompute layer-2 attention of the last instruction token on the unpruned sequence.
+    captured = {}
+
+    class Spy(type(create_pruner('dense'))):
+        def plan(self, ctx):
+            from vla_pruned_ros.pruning import StepPlan
+            return StepPlan(probes={AttentionProbe(2, 'last_text')}, full_step=True)
+
+        def after_step(self, ctx, outcome):
+            captured['received'] = outcome.probes[AttentionProbe(2, 'last_text')].received()
+
+    policy.configure(Spy())
+    policy.step(observation)
+    received = captured['received'][:96]
+    expected = torch.sort(torch.topk(received, 10).indices).values.tolist()
+    assert stats.kept_2d + [64 + i for i in stats.kept_3d] == expected
+    assert isinstance(policy.runner, LayerRunner)
+
+
+def test_tri_stage_first_step_is_full_then_prunes_before_and_inside_decoder(policy):
+    policy.configure('tri_stage', Budget(keep_ratio=0.25))
+    policy.reset()
+    _, first = policy.step(make_observation(0))
+    assert first.full_step and first.tokens_kept == 96
+    _, second = policy.step(make_observation(0))
+    assert not second.full_step
+    names = [stage[0] for stage in second.stages]
+    assert names == ['stage1_modality', 'stage2_semantic']
+    stage1 = second.stages[0][1] + second.stages[0][2]
+    assert stage1 == round(24 * 1.5)  # stage-2 slack
+    assert second.tokens_kept == 24
+
+
+def test_tri_stage_stage_switches(policy):
+    observations = [make_observation(0)] * 3
+    budget = Budget(keep_ratio=0.25)
+    _, no_s2 = _pruned_step(policy, 'tri_stage', budget, observations, stage2=False)
+    assert [s[0] for s in no_s2.stages] == ['stage1_modality']
+    assert no_s2.stages[0][1] + no_s2.stages[0][2] == 24  # straight to the budget
+    _, no_s1 = _pruned_step(policy, 'tri_stage', budget, observations, stage1=False)
+    assert [s[0] for s in no_s1.stages] == ['stage2_semantic']
+    with pytest.raises(ValueError, match='stage1 or stage2'):
+        create_pruner('tri_stage', stage1=False, stage2=False)
+
+
+def test_tri_stage_segmentation_needs_stage3(policy):
+    """A threshold of 0 makes every shift a new segment, unless stage 3 is off."""
+    observations = [make_observation(seed) for seed in range(6)]
+    budget = Budget(keep_ratio=0.25)
+    for stage3, expect_full_again in ((True, True), (False, False)):
+        policy.configure('tri_stage', budget,
+                         pruner_config={'stage3': stage3, 'shift_threshold': 0.0})
+        policy.reset()
+        full = [policy.step(observation)[1].full_step for observation in observations]
+        assert full[0] and not full[1]
+        assert any(full[2:]) == expect_full_again
+
+
+def test_tri_stage_modality_split_follows_salience(policy):
+    """Stage 1 gives the modality with the larger L1 salience share the larger quota."""
+    pruner = create_pruner('tri_stage', stage2=False, min_modality_share=0.0)
+    policy.configure(pruner, Budget(tokens=40))
+    policy.reset()
+    policy.step(make_observation(0))  # full step: salience of every token measured
+    share_2d, share_3d = pruner._share.value
+    _, stats = policy.step(make_observation(0))
+    quota_2d, quota_3d = stats.stages[0][1], stats.stages[0][2]
+    assert (quota_2d > quota_3d) == (share_2d > share_3d)
+    assert quota_2d == pytest.approx(40 * share_2d, abs=1)
+
+
+def test_unknown_pruner_and_config_are_rejected(policy):
+    with pytest.raises(ValueError, match='unknown pruner'):
+        policy.configure('nonexistent')
+    with pytest.raises(ValueError, match='unknown'):
+        policy.configure('fastv', pruner_config={'lyaer': 2})

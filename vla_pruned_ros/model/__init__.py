@@ -1,0 +1,1 @@
+"""The reference multi-visual-modal VLA: configuration, model, runner, FLOPs and checkpoints."""

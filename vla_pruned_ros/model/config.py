@@ -1,0 +1,94 @@
+"""Configuration of the reference 2D+3D VLA, saved as JSON next to the weights."""
+
+from dataclasses import asdict, dataclass, field
+import json
+from typing import Any, Optional
+
+from vla_pruned_ros.tokens.points_3d import PointTokenizerConfig
+from vla_pruned_ros.tokens.vision_2d import VisionTowerConfig
+
+DECODER_FAMILIES = ('qwen2', 'llama')
+
+
+@dataclass
+class DecoderConfig:
+    """
+    Shape of the transformers decoder (Qwen2 or Llama family).
+
+    ``pretrained_dir`` points to a local directory written with ``save_pretrained``; when set,
+    the decoder (and its shape) is loaded from there instead of being built from these fields.
+    """
+
+    family: str = 'qwen2'
+    hidden_size: int = 896
+    num_layers: int = 24
+    num_heads: int = 14
+    num_kv_heads: int = 2
+    intermediate_size: int = 4864
+    rope_theta: float = 1000000.0
+    rms_norm_eps: float = 1e-6
+    max_position_embeddings: int = 4096
+    pretrained_dir: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if self.family not in DECODER_FAMILIES:
+            raise ValueError(
+                f'decoder family must be one of {DECODER_FAMILIES}, not {self.family}'
+            )
+
+    @property
+    def head_dim(self) -> int:
+        """Width of one attention head."""
+        return self.hidden_size // self.num_heads
+
+
+@dataclass
+class MVLAConfig:
+    """
+    The whole model: 2D tower, 3D tokenizer, decoder, action queries and head.
+
+    Actions are chunks of ``horizon`` steps x ``action_dim`` values (dx dy dz droll dpitch dyaw
+    gripper). The head regresses normalised actions; ``action_mean``/``action_std`` (set by
+    training from the demonstrations) map them back to physical units.
+    """
+
+    vision: VisionTowerConfig = field(default_factory=VisionTowerConfig)
+    points: PointTokenizerConfig = field(default_factory=PointTokenizerConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    horizon: int = 8
+    action_dim: int = 7
+    control_dt: float = 0.1
+    proprio_dim: int = 7
+    instruction_tokens: int = 16
+    vocab_size: int = 512
+    action_space: str = 'eef_delta_xyz_rpy_gripper'
+    action_mean: list[float] = field(default_factory=lambda: [0.0] * 7)
+    action_std: list[float] = field(default_factory=lambda: [1.0] * 7)
+    preset: str = 'custom'
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (JSON-serialisable)."""
+        data = asdict(self)
+        data['vision'] = self.vision.to_dict()
+        data['points'] = self.points.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> 'MVLAConfig':
+        """Inverse of :meth:`to_dict`; unknown keys are an error, so typos do not pass."""
+        data = dict(data)
+        vision = VisionTowerConfig.from_dict(data.pop('vision', {}))
+        points = PointTokenizerConfig.from_dict(data.pop('points', {}))
+        decoder = DecoderConfig(**data.pop('decoder', {}))
+        return cls(vision=vision, points=points, decoder=decoder, **data)
+
+    def save(self, path: str) -> None:
+        """Write the configuration as JSON."""
+        with open(path, 'w', encoding='utf-8') as stream:
+            json.dump(self.to_dict(), stream, indent=2)
+
+    @classmethod
+    def load(cls, path: str) -> 'MVLAConfig':
+        """Read a configuration written by :meth:`save`."""
+        with open(path, encoding='utf-8') as stream:
+            return cls.from_dict(json.load(stream))

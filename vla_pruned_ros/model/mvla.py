@@ -1,0 +1,176 @@
+"""
+The reference multi-visual-modal VLA (2D patch tokens + 3D point-group tokens + text).
+
+A transformers vision tower and a point-group encoder produce visual tokens; projectors map
+them to the width of a transformers decoder (Qwen2 or Llama family), which reads
+[2D, 3D, instruction, proprio, action queries] and whose final action-query states a small head
+regresses into an action chunk of ``horizon`` x ``action_dim`` in one forward pass.
+
+The model exposes its stages separately (encode_2d, encode_3d, embed_text, ...) because the
+policy runs pruning hooks between them; :meth:`forward_dense` chains them for training.
+"""
+
+from typing import Optional
+
+import torch
+from torch import nn
+from transformers import AutoModel, LlamaConfig, Qwen2Config
+
+from vla_pruned_ros.model.config import DecoderConfig, MVLAConfig
+from vla_pruned_ros.tokens.layout import (
+    MODALITY_2D,
+    MODALITY_3D,
+    MODALITY_ACTION,
+    MODALITY_PROPRIO,
+    MODALITY_TEXT,
+)
+from vla_pruned_ros.tokens.points_3d import PointEncoder3D
+from vla_pruned_ros.tokens.vision_2d import VisionTower2D
+
+
+def build_decoder(config: DecoderConfig, vocab_size: int) -> nn.Module:
+    """
+    Build the transformers decoder stack (no LM head) from a config or a local directory.
+
+    SDPA attention everywhere: attention probabilities are computed separately, only where a
+    pruner asks for them (see :mod:`vla_pruned_ros.model.runner`).
+    """
+    if config.pretrained_dir:
+        return AutoModel.from_pretrained(
+            config.pretrained_dir, local_files_only=True, attn_implementation='sdpa'
+        )
+    common = {
+        'vocab_size': vocab_size,
+        'hidden_size': config.hidden_size,
+        'num_hidden_layers': config.num_layers,
+        'num_attention_heads': config.num_heads,
+        'num_key_value_heads': config.num_kv_heads,
+        'intermediate_size': config.intermediate_size,
+        'rope_theta': config.rope_theta,
+        'rms_norm_eps': config.rms_norm_eps,
+        'max_position_embeddings': config.max_position_embeddings,
+        'tie_word_embeddings': False,
+    }
+    hf_config_class = Qwen2Config if config.family == 'qwen2' else LlamaConfig
+    hf_config = hf_config_class(**common)
+    hf_config._attn_implementation = 'sdpa'
+    return AutoModel.from_config(hf_config, attn_implementation='sdpa')
+
+
+def _mlp(width_in: int, width_out: int) -> nn.Module:
+    return nn.Sequential(
+        nn.Linear(width_in, width_out), nn.GELU(), nn.Linear(width_out, width_out)
+    )
+
+
+class MultiModalVLA(nn.Module):
+    """2D+3D VLA with a transformers decoder and a one-pass action-chunk regression head."""
+
+    def __init__(self, config: MVLAConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.vision = VisionTower2D(config.vision)
+        self.point_encoder = PointEncoder3D(config.points)
+        self.decoder = build_decoder(config.decoder, config.vocab_size)
+        width = self.decoder.config.hidden_size
+        self.project_2d = _mlp(self.vision.hidden_size, width)
+        self.project_3d = _mlp(config.points.out_dim, width)
+        self.project_proprio = nn.Linear(config.proprio_dim, width) if config.proprio_dim else None
+        # A learned embedding per modality tells the decoder which encoder a token came from.
+        self.modality_embedding = nn.Embedding(5, width)
+        self.action_queries = nn.Parameter(torch.randn(config.horizon, width) * 0.02)
+        self.action_head = nn.Sequential(
+            nn.Linear(width, width), nn.GELU(), nn.Linear(width, config.action_dim)
+        )
+        self.register_buffer('action_mean', torch.tensor(config.action_mean, dtype=torch.float32))
+        self.register_buffer('action_std', torch.tensor(config.action_std, dtype=torch.float32))
+
+    @property
+    def width(self) -> int:
+        """Decoder hidden size."""
+        return self.decoder.config.hidden_size
+
+    @property
+    def n_proprio(self) -> int:
+        """1 when the model reads an end-effector pose token, else 0."""
+        return 1 if self.project_proprio is not None else 0
+
+    def _with_modality(self, tokens: torch.Tensor, code: int) -> torch.Tensor:
+        return tokens + self.modality_embedding.weight[code].to(tokens.dtype)
+
+    def encode_2d(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Vision-tower patch features [B, N2, vision_hidden] (before projection)."""
+        return self.vision(pixel_values)
+
+    def project_2d_tokens(self, features: torch.Tensor) -> torch.Tensor:
+        """Project 2D patch features to decoder tokens [B, n, width]."""
+        return self._with_modality(self.project_2d(features), MODALITY_2D)
+
+    def encode_3d(self, neighbourhoods: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+        """
+        Encode point groups into decoder tokens.
+
+        ``neighbourhoods`` is [B, G, k, 3] (relative to centres) and ``centres`` [B, G, 3];
+        only the groups passed are encoded, so dropping groups first saves encoder cost.
+        """
+        features = self.point_encoder(neighbourhoods, centres)
+        return self._with_modality(self.project_3d(features), MODALITY_3D)
+
+    def embed_text(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Instruction token embeddings [B, T, width]."""
+        embeds = self.decoder.get_input_embeddings()(input_ids)
+        return self._with_modality(embeds, MODALITY_TEXT)
+
+    def embed_proprio(self, proprio: torch.Tensor) -> Optional[torch.Tensor]:
+        """One token [B, 1, width] from the end-effector pose, or None without proprio."""
+        if self.project_proprio is None:
+            return None
+        token = self.project_proprio(proprio.to(self.project_proprio.weight.dtype))
+        return self._with_modality(token.unsqueeze(1), MODALITY_PROPRIO)
+
+    def query_tokens(self, batch: int) -> torch.Tensor:
+        """Action query tokens [B, horizon, width]."""
+        queries = self._with_modality(self.action_queries, MODALITY_ACTION)
+        return queries.unsqueeze(0).expand(batch, -1, -1)
+
+    def head(self, action_states: torch.Tensor) -> torch.Tensor:
+        """Normalised action chunk [B, horizon, action_dim] from final action-query states."""
+        return self.action_head(action_states).float()
+
+    def denormalize(self, actions: torch.Tensor) -> torch.Tensor:
+        """Map normalised head outputs back to physical action units."""
+        return actions * self.action_std + self.action_mean
+
+    def assemble(
+        self,
+        tokens_2d: torch.Tensor,
+        tokens_3d: torch.Tensor,
+        input_ids: torch.Tensor,
+        proprio: Optional[torch.Tensor],
+    ) -> torch.Tensor:
+        """Concatenate the full input sequence [B, L, width] in layout order."""
+        batch = input_ids.shape[0]
+        parts = [tokens_2d, tokens_3d, self.embed_text(input_ids)]
+        proprio_token = self.embed_proprio(proprio) if proprio is not None else None
+        if self.project_proprio is not None:
+            if proprio_token is None:
+                raise ValueError('this model reads an end-effector pose; none was given')
+            parts.append(proprio_token)
+        parts.append(self.query_tokens(batch))
+        dtype = self.action_queries.dtype
+        return torch.cat([part.to(dtype) for part in parts], dim=1)
+
+    def forward_dense(
+        self,
+        pixel_values: torch.Tensor,
+        neighbourhoods: torch.Tensor,
+        centres: torch.Tensor,
+        input_ids: torch.Tensor,
+        proprio: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """Unpruned batched forward (training): normalised actions [B, horizon, action_dim]."""
+        tokens_2d = self.project_2d_tokens(self.encode_2d(pixel_values))
+        tokens_3d = self.encode_3d(neighbourhoods, centres)
+        embeds = self.assemble(tokens_2d, tokens_3d, input_ids, proprio)
+        hidden = self.decoder(inputs_embeds=embeds).last_hidden_state
+        return self.head(hidden[:, -self.config.horizon:])

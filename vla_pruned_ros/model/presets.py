@@ -1,0 +1,108 @@
+"""
+Named model shapes.
+
+- ``tiny``: for tests and CI; a step takes milliseconds on a CPU.
+- ``small``: a SigLIP-base-sized vision tower (224 px, 14 px patches: 256 2D tokens), 256 3D
+  tokens and a decoder with Qwen2-0.5B's shape (896 wide, 24 layers, 14 heads, 2 KV heads).
+- ``sim``: the tabletop benchmark's reference policy (trained by ``vla-pruned-ros train``, shipped
+  as ``models/default``): 96 px images in 12 px patches (64 2D tokens), 64 point groups of 16
+  (64 3D tokens), a 4-layer 192-wide Qwen2-family decoder; sized to train on a 2-core CPU in
+  about an hour.
+- ``mla-7b``: the tri-stage paper's MLA shape: LLaMA-2-7B decoder with 256 2D + 256 3D
+  tokens. Random weights, for latency measurements only (use bf16 on a GPU).
+"""
+
+from collections.abc import Callable
+
+from vla_pruned_ros.model.config import DecoderConfig, MVLAConfig
+from vla_pruned_ros.tokens.points_3d import PointTokenizerConfig
+from vla_pruned_ros.tokens.vision_2d import VisionTowerConfig
+
+
+def _tiny() -> MVLAConfig:
+    return MVLAConfig(
+        vision=VisionTowerConfig(
+            kind='siglip', image_size=64, patch_size=8, hidden_size=64, num_layers=2,
+            num_heads=2, intermediate_size=128,
+        ),
+        points=PointTokenizerConfig(
+            num_points=256, num_groups=32, group_size=16, hidden_dims=(32, 64), out_dim=64,
+        ),
+        decoder=DecoderConfig(
+            family='qwen2', hidden_size=64, num_layers=4, num_heads=4, num_kv_heads=2,
+            intermediate_size=128,
+        ),
+        instruction_tokens=12,
+        preset='tiny',
+    )
+
+
+def _sim() -> MVLAConfig:
+    return MVLAConfig(
+        vision=VisionTowerConfig(
+            kind='siglip', image_size=96, patch_size=12, hidden_size=192, num_layers=3,
+            num_heads=3, intermediate_size=384,
+        ),
+        points=PointTokenizerConfig(
+            num_points=512, num_groups=64, group_size=16, hidden_dims=(64, 128), out_dim=192,
+        ),
+        decoder=DecoderConfig(
+            family='qwen2', hidden_size=192, num_layers=4, num_heads=6, num_kv_heads=2,
+            intermediate_size=576,
+        ),
+        horizon=8,
+        instruction_tokens=16,
+        preset='sim',
+    )
+
+
+def _base_visual() -> dict:
+    return {
+        'vision': VisionTowerConfig(
+            kind='siglip', image_size=224, patch_size=14, hidden_size=768, num_layers=12,
+            num_heads=12, intermediate_size=3072,
+        ),
+        'points': PointTokenizerConfig(
+            num_points=1024, num_groups=256, group_size=32, hidden_dims=(64, 128), out_dim=256,
+        ),
+    }
+
+
+def _small() -> MVLAConfig:
+    return MVLAConfig(
+        decoder=DecoderConfig(
+            family='qwen2', hidden_size=896, num_layers=24, num_heads=14, num_kv_heads=2,
+            intermediate_size=4864,
+        ),
+        instruction_tokens=16,
+        preset='small',
+        **_base_visual(),
+    )
+
+
+def _mla_7b() -> MVLAConfig:
+    return MVLAConfig(
+        decoder=DecoderConfig(
+            family='llama', hidden_size=4096, num_layers=32, num_heads=32, num_kv_heads=32,
+            intermediate_size=11008, rope_theta=10000.0, rms_norm_eps=1e-5,
+        ),
+        instruction_tokens=24,
+        preset='mla-7b',
+        **_base_visual(),
+    )
+
+
+PRESETS: dict[str, Callable[[], MVLAConfig]] = {
+    'tiny': _tiny,
+    'small': _small,
+    'sim': _sim,
+    'mla-7b': _mla_7b,
+}
+
+
+def preset_config(name: str) -> MVLAConfig:
+    """A fresh configuration for a named preset."""
+    try:
+        return PRESETS[name]()
+    except KeyError:
+        raise ValueError(f'unknown preset {name!r}; available: {", ".join(PRESETS)}') from None

@@ -1,0 +1,349 @@
+"""
+``Policy.step(observation) -> (action chunk, stats)``: the one entry point every user shares.
+
+The ROS node, the bag evaluation, the simulator and the benchmark all call this, so what is
+measured is what is deployed. A step tokenizes the observation, lets the active pruner drop
+visual tokens (before the 3D encoder and decoder, and between decoder layers), runs the
+decoder layer by layer and regresses an action chunk. Pruner, budget and episode resets may be
+requested at any time (e.g. from a ROS parameter callback thread); they take effect at the start
+of the next step, never during one.
+"""
+
+from dataclasses import dataclass
+import threading
+import time
+from typing import Any, Optional, Union
+
+import numpy as np
+import torch
+
+from vla_pruned_ros.device import resolve_device, resolve_dtype
+from vla_pruned_ros.model.checkpoint import load_model, to_device
+from vla_pruned_ros.model.config import MVLAConfig
+from vla_pruned_ros.model.flops import FlopsModel
+from vla_pruned_ros.model.kv_reuse import KVReuse, layout_signature, reuse_attention_flops
+from vla_pruned_ros.model.mvla import MultiModalVLA
+from vla_pruned_ros.model.presets import preset_config
+from vla_pruned_ros.model.runner import LayerRunner, RunState, synchronize
+from vla_pruned_ros.model.text import InstructionEncoder, build_tokenizer
+from vla_pruned_ros.observation import Observation
+from vla_pruned_ros.pruning import Budget, Pruner, StepContext, StepOutcome, create_pruner
+from vla_pruned_ros.stats import StepStats
+from vla_pruned_ros.tokens.layout import TokenLayout
+from vla_pruned_ros.tokens.points_3d import project_centres_to_patches, sample_groups
+
+
+class PrunerContractError(RuntimeError):
+    """A pruner returned an invalid selection (a bug in the pruner, not bad input)."""
+
+
+@dataclass
+class _Pending:
+    pruner: Optional[Pruner] = None
+    budget: Optional[Budget] = None
+    reset: bool = False
+
+
+class Policy:
+    """A 2D+3D VLA with a pruner and a budget, stepping on observations."""
+
+    def __init__(
+        self,
+        model: MultiModalVLA,
+        tokenizer: Any,
+        device: str = 'auto',
+        dtype: str = 'fp32',
+        pruner: Union[str, Pruner] = 'dense',
+        budget: Optional[Budget] = None,
+        pruner_config: Optional[dict[str, Any]] = None,
+    ) -> None:
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype)
+        # Normalisation stats stay in fp32: bf16 would round them to 3 significant digits.
+        self.model = to_device(model, self.device, self.dtype).eval()
+        self.config = model.config
+        self.tokenizer = tokenizer
+        self.runner = LayerRunner(self.model.decoder)
+        self.instructions = InstructionEncoder(tokenizer, self.config.instruction_tokens)
+        self.flops = FlopsModel.from_model(self.model)
+        self.pruner = self._make_pruner(pruner, pruner_config)
+        self.budget = budget or Budget()
+        self.step_index = 0
+        self._pending = _Pending()
+        self._lock = threading.Lock()
+
+    # ----------------------------------------------------------------------------- creation
+    @classmethod
+    def from_pretrained(cls, path: str, **kwargs: Any) -> 'Policy':
+        """Load a model directory written by :func:`vla_pruned_ros.model.checkpoint.save_model`."""
+        model, tokenizer = load_model(path)
+        return cls(model, tokenizer, **kwargs)
+
+    @classmethod
+    def from_preset(cls, name: str, seed: int = 0, **kwargs: Any) -> 'Policy':
+        """A randomly initialised model of a named preset (latency work and tests)."""
+        return cls.from_config(preset_config(name), seed=seed, **kwargs)
+
+    @classmethod
+    def from_config(cls, config: MVLAConfig, seed: int = 0, **kwargs: Any) -> 'Policy':
+        """A randomly initialised model of any configuration, with the preset tokenizer."""
+        tokenizer = build_tokenizer(vocab_size=config.vocab_size)
+        config.vocab_size = len(tokenizer)
+        torch.manual_seed(seed)
+        device = resolve_device(kwargs.get('device', 'auto'))
+        dtype = resolve_dtype(kwargs.get('dtype', 'fp32'))
+        # Build directly on the target device and dtype: a 7B model in fp32 on the host would
+        # need 28 GB before it could be cast down.
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(dtype if dtype != torch.float16 else torch.float32)
+        try:
+            with torch.device(device):
+                model = MultiModalVLA(config)
+        finally:
+            torch.set_default_dtype(previous)
+        return cls(model, tokenizer, **kwargs)
+
+    @staticmethod
+    def _make_pruner(pruner: Union[str, Pruner], config: Optional[dict[str, Any]]) -> Pruner:
+        if isinstance(pruner, Pruner):
+            if config:
+                raise ValueError('pruner_config only applies when the pruner is given by name')
+            return pruner
+        return create_pruner(pruner, **(config or {}))
+
+    # ------------------------------------------------------------------------ live changes
+    def configure(
+        self,
+        pruner: Union[str, Pruner, None] = None,
+        budget: Optional[Budget] = None,
+        pruner_config: Optional[dict[str, Any]] = None,
+    ) -> None:
+        """
+        Request a new pruner and/or budget for the next step (thread-safe).
+
+        Invalid names or configs raise here, in the caller's thread, so a parameter callback can
+        reject them; nothing changes for the step in progress.
+        """
+        new_pruner = self._make_pruner(pruner, pruner_config) if pruner is not None else None
+        with self._lock:
+            if new_pruner is not None:
+                self._pending.pruner = new_pruner
+            if budget is not None:
+                self._pending.budget = budget
+
+    def reset(self) -> None:
+        """Start a new episode at the next step (clears the pruner's temporal state)."""
+        with self._lock:
+            self._pending.reset = True
+
+    def _apply_pending(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, _Pending()
+        if pending.pruner is not None:
+            self.pruner = pending.pruner
+            self.step_index = 0
+        if pending.budget is not None:
+            self.budget = pending.budget
+        if pending.reset:
+            self.pruner.reset()
+            self.step_index = 0
+
+    # --------------------------------------------------------------------------------- step
+    def _timer(self) -> float:
+        synchronize(self.device)
+        return time.perf_counter()
+
+    def _proprio(self, observation: Observation) -> Optional[torch.Tensor]:
+        if not self.model.n_proprio:
+            return None
+        if observation.ee_pose is None:
+            raise ValueError('this model reads the end-effector pose but the observation has none')
+        pose = np.asarray(observation.ee_pose, np.float32)[: self.config.proprio_dim]
+        pose = torch.as_tensor(pose)
+        return pose.unsqueeze(0).to(self.device)
+
+    @torch.inference_mode()
+    def step(self, observation: Observation) -> tuple[np.ndarray, StepStats]:
+        """Predict an action chunk [horizon, action_dim] (physical units) and the step's stats."""
+        self._apply_pending()
+        observation.validate()
+        model, config = self.model, self.config
+        started = self._timer()
+        overhead = 0.0
+
+        pixel_values = model.vision.preprocess(observation.rgb).to(self.device, self.dtype)
+        features_2d = model.encode_2d(pixel_values)[0]
+        groups = sample_groups(observation.cloud(), config.points)
+        grid = model.vision.grid_size
+        if observation.intrinsics is not None:
+            patch_of_3d = project_centres_to_patches(groups.centres, observation.intrinsics, grid)
+        else:
+            patch_of_3d = np.full(len(groups.centres), -1, np.int64)
+        input_ids = self.instructions.encode(observation.instruction)
+        layout = TokenLayout(
+            n_2d=features_2d.shape[0],
+            n_3d=len(groups.centres),
+            n_text=len(input_ids),
+            n_proprio=model.n_proprio,
+            n_action=config.horizon,
+            grid_shape=tuple(grid),
+            centres_3d=groups.centres,
+            patch_of_3d=np.asarray(patch_of_3d, np.int64),
+            instruction=observation.instruction,
+        )
+        target = self.budget.resolve(layout.n_2d, layout.n_3d)
+        floor_2d, floor_3d = self.budget.floors(layout.n_2d, layout.n_3d)
+        ctx = StepContext(
+            step_index=self.step_index,
+            layout=layout,
+            target=target,
+            floor_2d=floor_2d,
+            floor_3d=floor_3d,
+            features_2d=features_2d,
+            pixel_values=pixel_values,
+            generator=torch.Generator().manual_seed(self.step_index),
+            rgb=observation.rgb,
+            neighbourhoods_3d=groups.neighbourhoods,
+            num_layers=self.runner.num_layers,
+        )
+
+        mark = self._timer()
+        ctx.plan = self.pruner.plan(ctx)
+        keep = None if ctx.plan.full_step else self.pruner.before_llm(ctx)
+        keep = self._check_keep(keep, torch.arange(layout.n_visual), layout)
+        reuse = None if ctx.plan.full_step else self._check_reuse(ctx.plan.reuse, keep, layout)
+        overhead += self._timer() - mark
+
+        keep_2d = keep[keep < layout.n_2d]
+        keep_3d = keep[keep >= layout.n_2d] - layout.n_2d
+        tokens_2d = model.project_2d_tokens(features_2d[keep_2d.to(self.device)].unsqueeze(0))
+        neighbourhoods = torch.as_tensor(groups.neighbourhoods[keep_3d.numpy()])
+        centres = torch.as_tensor(groups.centres[keep_3d.numpy()])
+        tokens_3d = model.encode_3d(
+            neighbourhoods.to(self.device, self.dtype).unsqueeze(0),
+            centres.to(self.device, self.dtype).unsqueeze(0),
+        )
+        ids = torch.tensor([input_ids], device=self.device)
+        embeds = model.assemble(tokens_2d, tokens_3d, ids, self._proprio(observation))
+        positions = torch.cat([keep, torch.arange(layout.n_visual, layout.length)])
+        decoder_start = self._timer()
+        tokenize_s = decoder_start - started - overhead
+
+        def on_prune(state: RunState) -> Optional[torch.Tensor]:
+            chosen = self.pruner.at_layer(ctx, state)
+            if chosen is None:
+                return None
+            return self._check_keep(chosen, state.visual_positions().cpu(), layout)
+
+        run = self.runner.run(
+            embeds,
+            layout,
+            probes=ctx.plan.probes,
+            prune_layers=() if ctx.plan.full_step else ctx.plan.prune_layers,
+            on_prune=on_prune,
+            positions=positions,
+            reuse=reuse,
+            capture_kv=ctx.plan.capture_kv,
+        )
+        head_start = self._timer()
+        decoder_s = head_start - decoder_start - run.overhead_s
+        overhead += run.overhead_s
+        normalised = model.head(run.normed[:, -config.horizon:])
+        actions = model.denormalize(normalised)[0].cpu().numpy()
+        head_end = self._timer()
+
+        visual_rows = run.positions < layout.n_visual
+        kept_visual = run.positions[visual_rows].cpu()
+        expected = layout.n_visual if ctx.plan.full_step else target
+        if kept_visual.numel() != expected:
+            raise PrunerContractError(
+                f'{self.pruner.name} kept {kept_visual.numel()} visual tokens, budget {expected}'
+            )
+        outcome = StepOutcome(
+            kept_visual=kept_visual,
+            final_hidden=run.last_hidden[0, visual_rows] if ctx.plan.final_hidden else None,
+            probes=run.probes,
+            actions=actions,
+            kv=run.kv,
+            reused_visual=reuse.positions if reuse is not None else None,
+        )
+        self.pruner.after_step(ctx, outcome)
+        finished = self._timer()
+        overhead += finished - head_end
+
+        n_2d_kept, n_3d_kept = layout.count(kept_visual)
+        flops_dense = self.flops.step(layout.n_2d, layout.n_3d, layout.n_2d, layout.n_3d,
+                                      [layout.length] * self.runner.num_layers)
+        # Probes and computed tokens also attend over the reused keys.
+        keys_per_layer = [n + run.n_reused for n in run.tokens_per_layer]
+        flops_actual = self.flops.step(
+            layout.n_2d, layout.n_3d, int(keep_2d.numel()), int(keep_3d.numel()),
+            run.tokens_per_layer,
+        ) + self.flops.probes(ctx.plan.probes, keys_per_layer, layout)
+        if run.n_reused:
+            shape = self.flops.decoder
+            flops_actual += reuse_attention_flops(
+                shape.heads, shape.head_dim, run.tokens_per_layer, run.n_reused
+            )
+        stats = StepStats(
+            pruner=self.pruner.name,
+            budget=expected,
+            full_step=ctx.plan.full_step,
+            tokens_2d_in=layout.n_2d,
+            tokens_3d_in=layout.n_3d,
+            tokens_2d_kept=n_2d_kept,
+            tokens_3d_kept=n_3d_kept,
+            stages=list(ctx.stages),
+            latency_ms=(finished - started) * 1e3,
+            tokenize_ms=tokenize_s * 1e3,
+            decoder_ms=decoder_s * 1e3,
+            pruning_overhead_ms=overhead * 1e3,
+            action_head_ms=(head_end - head_start) * 1e3,
+            flops_dense=flops_dense,
+            flops_actual=flops_actual,
+            device=str(self.device),
+            stamp_ns=int(observation.stamp_ns),
+            step_index=self.step_index,
+            kept_2d=kept_visual[kept_visual < layout.n_2d].tolist(),
+            kept_3d=(kept_visual[kept_visual >= layout.n_2d] - layout.n_2d).tolist(),
+            tokens_reused=run.n_reused,
+        )
+        self.step_index += 1
+        return actions, stats
+
+    def _check_reuse(
+        self, reuse: Optional[KVReuse], keep: torch.Tensor, layout: TokenLayout
+    ) -> Optional[KVReuse]:
+        """Validate a pruner's KV reuse: cached at every layer, same layout, not also kept."""
+        if reuse is None:
+            return None
+        positions = torch.as_tensor(reuse.positions, dtype=torch.int64).cpu().flatten()
+        name = self.pruner.name
+        if reuse.cache.signature != layout_signature(layout):
+            raise PrunerContractError(f'{name} reuses keys/values cached for another layout')
+        if reuse.cache.num_layers != self.runner.num_layers:
+            raise PrunerContractError(f'{name} reuses a cache that does not cover every layer')
+        if positions.numel() > 1 and not bool((positions[1:] > positions[:-1]).all()):
+            raise PrunerContractError(f'{name} reuses unsorted or repeated positions')
+        if not bool(torch.isin(positions, reuse.cache.reusable_positions()).all()):
+            raise PrunerContractError(f'{name} reuses positions missing from its cache')
+        if bool(torch.isin(positions, keep).any()):
+            raise PrunerContractError(f'{name} both computes and reuses a token')
+        if not positions.numel():
+            return None
+        return KVReuse(positions, reuse.cache)
+
+    def _check_keep(
+        self, keep: Optional[torch.Tensor], available: torch.Tensor, layout: TokenLayout
+    ) -> torch.Tensor:
+        """Validate a pruner's selection: sorted, unique, in range and still present."""
+        if keep is None:
+            return available
+        keep = torch.as_tensor(keep, dtype=torch.int64).cpu().flatten()
+        if keep.numel() and (keep.min() < 0 or keep.max() >= layout.n_visual):
+            raise PrunerContractError(f'{self.pruner.name} returned visual indices out of range')
+        if keep.numel() > 1 and not bool((keep[1:] > keep[:-1]).all()):
+            raise PrunerContractError(f'{self.pruner.name} returned unsorted or repeated indices')
+        if not bool(torch.isin(keep, available).all()):
+            raise PrunerContractError(f'{self.pruner.name} kept a token already dropped')
+        return keep

@@ -1,0 +1,1 @@
+"""MuJoCo tabletop benchmark: scene, tasks, environment, scripted experts, bag recorder."""

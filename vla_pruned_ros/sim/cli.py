@@ -1,0 +1,173 @@
+"""
+The ``vla-pruned-ros sim`` command: work with the MuJoCo tabletop benchmark.
+
+Sub-commands: ``record`` (scripted-expert demonstrations to a rosbag2) and ``eval`` (closed-loop
+success rate of a policy per pruner and token budget). MuJoCo, torch and rosbags are imported
+only when a sub-command runs, so ``--help`` stays fast.
+"""
+
+import argparse
+from pathlib import Path
+import sys
+
+# Kept literal so that building the parser imports no MuJoCo; a test checks them against
+# vla_pruned_ros.sim.tasks.FAMILIES / SPLITS and vla_pruned_ros.sim.record.STORAGES.
+FAMILY_CHOICES = ('reach', 'push', 'pick')
+SPLIT_CHOICES = ('train', 'heldout')
+STORAGE_CHOICES = ('mcap', 'sqlite3')
+# The shipped reference policy (trained with `vla-pruned-ros train`, see docs/training.md).
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[2] / 'models' / 'default'
+
+
+def _add_record_parser(sim_commands: 'argparse._SubParsersAction') -> None:
+    record = sim_commands.add_parser(
+        'record',
+        help='record scripted-expert episodes to a rosbag2',
+        description=(
+            'Roll out the scripted experts and write RGB, depth, camera info, point cloud, '
+            'end-effector pose, expert twist and action chunks to a new rosbag2 folder.'
+        ),
+    )
+    record.add_argument('--out', required=True, help='bag folder to create (must not exist)')
+    record.add_argument(
+        '--families', nargs='+', choices=FAMILY_CHOICES, default=list(FAMILY_CHOICES),
+        help='task families to record (default: all)',
+    )
+    record.add_argument(
+        '--episodes', type=int, default=10, help='episodes per family (default: 10)'
+    )
+    record.add_argument('--split', choices=SPLIT_CHOICES, default='train')
+    record.add_argument(
+        '--seed', type=int, default=0, help='task seed of the first episode (default: 0)'
+    )
+    record.add_argument('--storage', choices=STORAGE_CHOICES, default='mcap')
+    record.add_argument(
+        '--image-size', type=int, nargs=2, default=(224, 224), metavar=('WIDTH', 'HEIGHT'),
+    )
+    record.add_argument(
+        '--control-dt', type=float, default=0.1, help='seconds per control step (default: 0.1)'
+    )
+    record.add_argument(
+        '--points-stride', type=int, default=4,
+        help='point cloud samples every n-th depth pixel in u and v (default: 4)',
+    )
+    record.add_argument(
+        '--noise', type=float, default=0.003,
+        help='std of the noise on executed translations, metres (default: 0.003)',
+    )
+    record.add_argument(
+        '--yaw-noise', type=float, default=0.015,
+        help='std of the noise on executed yaw steps, rad (default: 0.015)',
+    )
+    record.add_argument(
+        '--no-compress', dest='compress', action='store_false',
+        help='write uncompressed (default: zstd, MCAP chunks or sqlite3 messages)',
+    )
+    record.set_defaults(_sim_run=_run_record)
+
+
+def _add_eval_parser(sim_commands: 'argparse._SubParsersAction') -> None:
+    evaluate = sim_commands.add_parser(
+        'eval',
+        help='closed-loop success rate of a policy per pruner and token budget',
+        description=(
+            'Drive the simulator with Policy.step for every pruner x budget x family and write '
+            'results.json, results.md and success_vs_tokens.png. Episodes use the task seeds '
+            'SEED .. SEED+EPISODES-1 of the split; the first --execute-steps actions of each '
+            'predicted chunk are executed before the next observation.'
+        ),
+    )
+    evaluate.add_argument('--model', default=None,
+                          help='model directory (default: the shipped models/default)')
+    evaluate.add_argument('--pruners', nargs='+', default=['dense', 'tri_stage'],
+                          help='registered pruner names, or "all" (default: dense tri_stage)')
+    evaluate.add_argument('--budgets', nargs='+', type=float, default=[0.5, 0.25, 0.125],
+                          help='visual-token keep ratios (dense ignores them)')
+    evaluate.add_argument('--episodes', type=int, default=20, help='episodes per family')
+    evaluate.add_argument('--split', choices=SPLIT_CHOICES, default='heldout')
+    evaluate.add_argument('--families', nargs='+', choices=FAMILY_CHOICES,
+                          default=list(FAMILY_CHOICES))
+    evaluate.add_argument('--seed', type=int, default=0, help='task seed of the first episode')
+    evaluate.add_argument('--execute-steps', type=int, default=4,
+                          help='actions of each chunk executed open loop (default: 4)')
+    evaluate.add_argument('--points-stride', type=int, default=2,
+                          help='point cloud density, as recorded for training (default: 2)')
+    evaluate.add_argument('--device', default='auto')
+    evaluate.add_argument('--dtype', default='fp32')
+    evaluate.add_argument('--out', required=True, help='folder for the report files')
+    evaluate.set_defaults(_sim_run=_run_eval)
+
+
+def add_parser(subparsers: 'argparse._SubParsersAction') -> argparse.ArgumentParser:
+    """Add the ``sim`` command and its sub-commands to ``subparsers``; return its parser."""
+    parser = subparsers.add_parser(
+        'sim',
+        help='MuJoCo tabletop benchmark: record demonstrations, evaluate policies',
+        description='MuJoCo tabletop benchmark (reach, push, pick) with scripted experts.',
+    )
+    sim_commands = parser.add_subparsers(dest='sim_command', metavar='SIM_COMMAND')
+    sim_commands.required = True
+    _add_record_parser(sim_commands)
+    _add_eval_parser(sim_commands)
+    # More sub-commands register here: a sub-parser with set_defaults(_sim_run=<function>).
+    return parser
+
+
+def _run_record(args: argparse.Namespace) -> int:
+    from vla_pruned_ros.sim.record import RecordError, record_episodes
+
+    try:
+        summary = record_episodes(
+            args.out,
+            families=args.families,
+            episodes=args.episodes,
+            split=args.split,
+            seed=args.seed,
+            storage=args.storage,
+            image_size=tuple(args.image_size),
+            control_dt=args.control_dt,
+            points_stride=args.points_stride,
+            translation_noise=args.noise,
+            yaw_noise=args.yaw_noise,
+            compress=args.compress,
+            progress=True,
+        )
+    except (RecordError, ValueError) as err:
+        print(f'vla-pruned-ros sim record: error: {err}', file=sys.stderr)
+        return 2
+    steps = sum(e['steps'] for e in summary.episodes)
+    print(
+        f'wrote {summary.path} ({summary.storage}, {summary.size_bytes / 1e6:.1f} MB): '
+        f'{len(summary.episodes)} episodes, {steps} steps, expert success '
+        f'{summary.success_rate:.0%}'
+    )
+    return 0
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from vla_pruned_ros.model.checkpoint import CheckpointError
+    from vla_pruned_ros.policy import Policy
+    from vla_pruned_ros.pruning import available_pruners
+    from vla_pruned_ros.sim.evaluate import EvalError, evaluate, markdown_table, write_report
+
+    model = args.model or str(DEFAULT_MODEL_DIR)
+    pruners = available_pruners() if args.pruners == ['all'] else args.pruners
+    try:
+        policy = Policy.from_pretrained(model, device=args.device, dtype=args.dtype)
+        report = evaluate(
+            policy, pruners, args.budgets, families=args.families, episodes=args.episodes,
+            split=args.split, seed=args.seed, execute_steps=args.execute_steps,
+            points_stride=args.points_stride, model_name=model, progress=True,
+        )
+    except (CheckpointError, EvalError, ValueError) as err:
+        print(f'vla-pruned-ros sim eval: error: {err}', file=sys.stderr)
+        return 2
+    paths = write_report(report, args.out)
+    print(markdown_table(report))
+    print('wrote ' + ', '.join(str(p) for p in paths.values()))
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the chosen ``sim`` sub-command and return its exit status."""
+    return int(args._sim_run(args))

@@ -1,0 +1,323 @@
+"""
+3D visual tokens: a point cloud becomes G point groups, each encoded into one token.
+
+The recipe is the FPS + kNN grouping of Point-BERT / PointNet++ / MLA's Point-PN:
+
+1. drop non-finite points and crop to the workspace box (in the cloud's own frame);
+2. optionally average points per voxel;
+3. resample to ``num_points`` with farthest point sampling (FPS), repeating points when the
+   cloud is smaller;
+4. FPS picks ``num_groups`` centres among them; each centre's ``group_size`` nearest
+   neighbours, relative to the centre, form its group;
+5. :class:`PointEncoder3D` (shared MLP + max-pool, plus a positional MLP of the centre) gives
+   one token per group.
+
+Steps 1-4 are :func:`sample_groups` (numpy, deterministic: the same cloud always gives the
+same groups). Each centre also projects into the 2D patch grid
+(:func:`project_centres_to_patches`), which links 3D tokens to 2D tokens for the pruners.
+"""
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from vla_pruned_ros.tokens.vision_2d import TokenizationError, patch_of_pixel
+
+if TYPE_CHECKING:
+    from vla_pruned_ros.camera import CameraIntrinsics
+
+__all__ = [
+    'PointEncoder3D',
+    'PointGroups',
+    'PointTokenizerConfig',
+    'TokenizationError',
+    'farthest_point_indices',
+    'knn_indices',
+    'project_centres_to_patches',
+    'sample_groups',
+    'voxel_downsample',
+]
+
+# Default workspace bound in metres: far beyond any depth camera's range, i.e. no crop, while
+# staying finite so the config survives JSON and ROS parameters.
+OPEN_WORKSPACE = 1.0e4
+# Seed of the subsample that bounds the FPS input; fixed so tokenization is deterministic.
+CANDIDATE_SEED = 0
+
+
+@dataclass
+class PointTokenizerConfig:
+    """
+    How a point cloud is grouped and encoded into ``num_groups`` tokens.
+
+    ``workspace_min``/``workspace_max`` bound the crop box (metres, in the frame of the cloud
+    given to :func:`sample_groups`, e.g. the camera frame); the default is wide open.
+    ``voxel_size`` > 0 averages the points of each voxel before sampling (0 = off).
+    ``fps_candidates`` bounds the cost of the first FPS on dense clouds: a cloud with more
+    points is first reduced to that many by a fixed-seed random subsample (0 = run FPS over
+    every point). ``hidden_dims`` are the widths of the shared per-point MLP of
+    :class:`PointEncoder3D`, ``out_dim`` the width of its tokens.
+    """
+
+    num_points: int = 1024
+    num_groups: int = 256
+    group_size: int = 32
+    voxel_size: float = 0.0
+    workspace_min: tuple[float, float, float] = (-OPEN_WORKSPACE,) * 3
+    workspace_max: tuple[float, float, float] = (OPEN_WORKSPACE,) * 3
+    fps_candidates: int = 8192
+    hidden_dims: tuple[int, ...] = (64, 128)
+    out_dim: int = 256
+
+    def __post_init__(self) -> None:
+        self.workspace_min = tuple(float(value) for value in self.workspace_min)
+        self.workspace_max = tuple(float(value) for value in self.workspace_max)
+        self.hidden_dims = tuple(int(value) for value in self.hidden_dims)
+        if len(self.workspace_min) != 3 or len(self.workspace_max) != 3:
+            raise ValueError('workspace_min and workspace_max need three values (x, y, z)')
+        if any(lo > hi for lo, hi in zip(self.workspace_min, self.workspace_max)):
+            raise ValueError(
+                f'workspace_min {self.workspace_min} exceeds workspace_max {self.workspace_max}'
+            )
+        if min(self.num_points, self.num_groups, self.group_size, self.out_dim) <= 0:
+            raise ValueError('num_points, num_groups, group_size and out_dim must be positive')
+        if self.num_groups > self.num_points or self.group_size > self.num_points:
+            raise ValueError(
+                f'num_groups ({self.num_groups}) and group_size ({self.group_size}) cannot '
+                f'exceed num_points ({self.num_points})'
+            )
+        if self.voxel_size < 0:
+            raise ValueError(f'voxel_size must be >= 0, got {self.voxel_size}')
+        if self.fps_candidates and self.fps_candidates < self.num_points:
+            raise ValueError(
+                f'fps_candidates ({self.fps_candidates}) must be 0 or at least num_points '
+                f'({self.num_points})'
+            )
+        if not self.hidden_dims or min(self.hidden_dims) <= 0:
+            raise ValueError(f'hidden_dims must be positive widths, got {self.hidden_dims}')
+
+    def to_dict(self) -> dict:
+        """Return a JSON-serialisable dict (tuples become lists)."""
+        data = asdict(self)
+        for name in ('workspace_min', 'workspace_max', 'hidden_dims'):
+            data[name] = list(data[name])
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> 'PointTokenizerConfig':
+        """Inverse of :meth:`to_dict`; an unknown key raises ``ValueError``."""
+        known = {item.name for item in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f'unknown point tokenizer config keys: {unknown}')
+        return cls(**data)
+
+
+@dataclass
+class PointGroups:
+    """
+    The groups of one cloud, ready for :class:`PointEncoder3D`.
+
+    ``centres`` (G, 3) are cloud points in the cloud's frame, in FPS order.
+    ``neighbourhoods`` (G, k, 3) hold each centre's k nearest points relative to that centre,
+    nearest first (the centre itself, at 0, comes first). ``num_valid_points`` counts the
+    points left after cleaning, cropping and voxel averaging, before resampling; fewer than
+    ``num_points`` means points were repeated.
+    """
+
+    centres: np.ndarray
+    neighbourhoods: np.ndarray
+    num_valid_points: int
+
+
+def voxel_downsample(points: np.ndarray, voxel_size: float) -> np.ndarray:
+    """
+    Replace the points of each cubic voxel of side ``voxel_size`` by their mean.
+
+    Voxels are returned in a fixed order (sorted by voxel index), so the result is
+    deterministic. ``points`` must be finite.
+    """
+    if len(points) == 0:
+        return np.zeros((0, 3), dtype=np.float32)
+    keys = np.floor(points / voxel_size).astype(np.int64)
+    keys -= keys.min(axis=0)
+    extent = keys.max(axis=0) + 1
+    if float(np.prod(extent.astype(np.float64))) < 2.0**62:
+        # One int64 per voxel: much faster to sort than rows of three.
+        linear = (keys[:, 0] * extent[1] + keys[:, 1]) * extent[2] + keys[:, 2]
+        _, inverse, counts = np.unique(linear, return_inverse=True, return_counts=True)
+    else:
+        _, inverse, counts = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
+    inverse = inverse.reshape(-1)
+    size = len(counts)
+    sums = [np.bincount(inverse, weights=points[:, axis], minlength=size) for axis in range(3)]
+    return (np.stack(sums, axis=1) / counts[:, None]).astype(np.float32)
+
+
+def farthest_point_indices(points: np.ndarray, count: int) -> np.ndarray:
+    """
+    Pick ``count`` indices of ``points`` (N, 3) by farthest point sampling.
+
+    Starts at index 0, then repeatedly takes the point farthest from all picked ones (the first
+    on ties), so the result is deterministic. Once every distinct point is picked, index 0
+    repeats. Raises ``ValueError`` when ``count`` exceeds N.
+    """
+    total = len(points)
+    if not 0 < count <= total:
+        raise ValueError(f'cannot pick {count} of {total} points')
+    # Coordinate-major arrays and in-place ufuncs: the loop runs ``count`` times, so the cost
+    # per step (a few vector ops over N) must stay tiny.
+    x, y, z = (np.ascontiguousarray(points[:, axis], dtype=np.float32) for axis in range(3))
+    nearest = np.full(total, np.inf, dtype=np.float32)
+    distance = np.empty(total, dtype=np.float32)
+    delta = np.empty(total, dtype=np.float32)
+    picked = np.empty(count, dtype=np.int64)
+    last = 0
+    for step in range(count):
+        picked[step] = last
+        np.subtract(x, x[last], out=delta)
+        np.multiply(delta, delta, out=distance)
+        np.subtract(y, y[last], out=delta)
+        delta *= delta
+        distance += delta
+        np.subtract(z, z[last], out=delta)
+        delta *= delta
+        distance += delta
+        np.minimum(nearest, distance, out=nearest)
+        last = int(nearest.argmax())
+    return picked
+
+
+def knn_indices(queries: np.ndarray, points: np.ndarray, k: int) -> np.ndarray:
+    """
+    Return the indices (Q, k) of the ``k`` points nearest to each query, nearest first.
+
+    Exact brute force over (Q, N) squared distances; ties keep a deterministic order.
+    """
+    squared = np.zeros((len(queries), len(points)), dtype=np.float32)
+    # One coordinate at a time: exact differences, and faster than a (Q, N, 3) temporary.
+    for axis in range(3):
+        offset = queries[:, axis, None] - points[None, :, axis]
+        offset *= offset
+        squared += offset
+    nearest = np.argpartition(squared, k - 1, axis=1)[:, :k]
+    order = np.argsort(np.take_along_axis(squared, nearest, axis=1), axis=1, kind='stable')
+    return np.take_along_axis(nearest, order, axis=1)
+
+
+def _resample(points: np.ndarray, config: PointTokenizerConfig) -> np.ndarray:
+    count = len(points)
+    if count <= config.num_points:
+        # Too few points: keep them all and repeat them cyclically up to num_points.
+        return points[np.arange(config.num_points) % count]
+    if config.fps_candidates and count > config.fps_candidates:
+        rng = np.random.default_rng(CANDIDATE_SEED)
+        keep = np.sort(rng.choice(count, config.fps_candidates, replace=False))
+        points = points[keep]
+    return points[farthest_point_indices(points, config.num_points)]
+
+
+def sample_groups(points: np.ndarray, config: PointTokenizerConfig) -> PointGroups:
+    """
+    Clean, crop, resample and group a point cloud (N, 3) into ``num_groups`` groups.
+
+    Non-finite points and points outside the workspace box are dropped; the rest is voxel
+    averaged (when ``voxel_size`` > 0), resampled to ``num_points`` by FPS (repeated when
+    fewer), and ``num_groups`` FPS centres with their ``group_size`` nearest neighbours form
+    the groups. Deterministic. Raises ``TokenizationError`` when ``points`` is not an (N, 3)
+    array or when no valid point is left.
+    """
+    cloud = np.asarray(points)
+    if cloud.ndim != 2 or cloud.shape[1] != 3:
+        raise TokenizationError(f'points must be an (N, 3) array, got shape {cloud.shape}')
+    cloud = cloud.astype(np.float32, copy=False)
+    # A finite box drops inf with the points outside it; NaN fails every comparison.
+    largest = float(np.finfo(np.float32).max)
+    valid = np.ones(len(cloud), dtype=bool)
+    for axis, (lower, upper) in enumerate(zip(config.workspace_min, config.workspace_max)):
+        column = cloud[:, axis]
+        valid &= (column >= max(lower, -largest)) & (column <= min(upper, largest))
+    cloud = cloud[valid]
+    if len(cloud) == 0:
+        raise TokenizationError(
+            f'no valid 3D points: all {len(valid)} points are NaN/inf or outside the workspace '
+            f'box {config.workspace_min} .. {config.workspace_max}'
+        )
+    if config.voxel_size > 0:
+        cloud = voxel_downsample(cloud, config.voxel_size)
+    num_valid = len(cloud)
+    cloud = _resample(cloud, config)
+    centres = cloud[farthest_point_indices(cloud, config.num_groups)]
+    neighbours = cloud[knn_indices(centres, cloud, config.group_size)]
+    return PointGroups(
+        centres=np.ascontiguousarray(centres, dtype=np.float32),
+        neighbourhoods=(neighbours - centres[:, None, :]).astype(np.float32),
+        num_valid_points=num_valid,
+    )
+
+
+class PointEncoder3D(nn.Module):
+    """
+    Point groups -> tokens: mini-PointNet over each group plus a positional MLP of its centre.
+
+    A shared MLP (Linear, LayerNorm, GELU per hidden width) embeds every relative neighbour,
+    a max-pool over the k neighbours and a Linear give the group feature, and an MLP of the
+    centre xyz is added. LayerNorm (not BatchNorm) and no cross-group operation mean each group
+    is encoded on its own: encoding a subset of groups gives exactly those rows of encoding
+    all, so a pruner can drop groups before the encoder.
+    """
+
+    def __init__(self, config: PointTokenizerConfig) -> None:
+        super().__init__()
+        widths = (3, *config.hidden_dims)
+        layers = []
+        for width_in, width_out in zip(widths[:-1], widths[1:]):
+            layers += [nn.Linear(width_in, width_out), nn.LayerNorm(width_out), nn.GELU()]
+        self.point_mlp = nn.Sequential(*layers)
+        self.group_projection = nn.Linear(widths[-1], config.out_dim)
+        self.centre_mlp = nn.Sequential(
+            nn.Linear(3, widths[-1]), nn.GELU(), nn.Linear(widths[-1], config.out_dim)
+        )
+
+    def forward(self, neighbourhoods: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+        """
+        Encode groups [..., G, k, 3] (relative to) centres [..., G, 3] into [..., G, out_dim].
+
+        Leading batch dimensions are optional. Inputs are cast to the encoder's dtype and
+        device. Raises ``TokenizationError`` on mismatched shapes.
+        """
+        if (
+            neighbourhoods.ndim < 3
+            or neighbourhoods.shape[-1] != 3
+            or centres.shape != neighbourhoods.shape[:-2] + (3,)
+        ):
+            raise TokenizationError(
+                f'expected neighbourhoods [..., G, k, 3] and centres [..., G, 3], got '
+                f'{list(neighbourhoods.shape)} and {list(centres.shape)}'
+            )
+        weight = self.group_projection.weight
+        neighbourhoods = neighbourhoods.to(device=weight.device, dtype=weight.dtype)
+        centres = centres.to(device=weight.device, dtype=weight.dtype)
+        pooled = self.point_mlp(neighbourhoods).amax(dim=-2)
+        return self.group_projection(pooled) + self.centre_mlp(centres)
+
+
+def project_centres_to_patches(
+    centres: np.ndarray, intrinsics: 'CameraIntrinsics', grid_hw: tuple[int, int]
+) -> np.ndarray:
+    """
+    Return the row-major 2D patch index (int64, G) each camera-frame centre projects into.
+
+    Centres are projected through ``intrinsics`` and mapped to the ``grid_hw`` (rows, cols)
+    patch grid with :func:`patch_of_pixel`; -1 marks centres behind the camera (z <= 0),
+    non-finite, or projecting outside the image.
+    """
+    centres = np.asarray(centres, dtype=np.float64)
+    if centres.ndim != 2 or centres.shape[1] != 3:
+        raise TokenizationError(f'centres must be a (G, 3) array, got shape {centres.shape}')
+    pixels = intrinsics.project(centres)
+    return patch_of_pixel(pixels, (intrinsics.height, intrinsics.width), grid_hw)

@@ -1,0 +1,1 @@
+"""Behaviour cloning of the reference policy from recorded rosbag2 demonstrations."""

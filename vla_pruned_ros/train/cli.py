@@ -1,0 +1,66 @@
+"""
+The ``vla-pruned-ros train`` command: behaviour cloning from recorded demonstration bags.
+
+Example::
+
+    vla-pruned-ros train --data demos/ --preset sim --out runs/sim --steps 3000
+
+torch and rosbags are imported only when the command runs.
+"""
+
+import argparse
+import sys
+
+
+def add_parser(subparsers: 'argparse._SubParsersAction') -> argparse.ArgumentParser:
+    """Add the ``train`` command to ``subparsers`` and return its parser."""
+    parser = subparsers.add_parser(
+        'train',
+        help='behaviour-clone the reference policy from recorded demonstration bags',
+        description=(
+            'Train the reference 2D+3D VLA on expert demonstrations recorded as rosbag2 '
+            '(vla-pruned-ros sim record). Writes OUT/model (a model directory), '
+            'OUT/training_state.pt (for --resume) and OUT/log.jsonl.'
+        ),
+    )
+    parser.add_argument('--data', nargs='+', required=True, metavar='BAG_OR_DIR',
+                        help='bag folders, or folders holding bag folders')
+    parser.add_argument('--out', required=True, help='output directory of the run')
+    parser.add_argument('--preset', default='sim', help='model preset to train (default: sim)')
+    parser.add_argument('--steps', type=int, default=3000, help='total optimiser steps')
+    parser.add_argument('--batch-size', type=int, default=32)
+    parser.add_argument('--lr', type=float, default=5e-4, help='peak learning rate')
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--resume', action='store_true',
+                        help='continue the run in --out from its last checkpoint')
+    parser.add_argument('--checkpoint-every', type=int, default=250, metavar='STEPS')
+    parser.add_argument('--token-drop-prob', type=float, default=0.5,
+                        help='fraction of batches trained on a random subset of visual tokens')
+    parser.add_argument('--min-keep', type=float, default=0.125,
+                        help='smallest fraction of 2D / 3D tokens such a batch keeps')
+    parser.add_argument('--threads', type=int, default=0,
+                        help='torch CPU threads (default: torch chooses)')
+    parser.add_argument('--no-progress', dest='progress', action='store_false')
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train and print where the model went; 2 on bad arguments or data."""
+    from vla_pruned_ros.train.dataset import DatasetError
+    from vla_pruned_ros.train.trainer import TrainConfig, TrainError, train
+
+    config = TrainConfig(
+        data=list(args.data), out=args.out, preset=args.preset, steps=args.steps,
+        batch_size=args.batch_size, lr=args.lr, seed=args.seed, resume=args.resume,
+        checkpoint_every=args.checkpoint_every, token_drop_prob=args.token_drop_prob,
+        min_keep=args.min_keep, threads=args.threads, progress=args.progress,
+    )
+    try:
+        result = train(config)
+    except (TrainError, DatasetError, ValueError) as err:
+        print(f'vla-pruned-ros train: error: {err}', file=sys.stderr)
+        return 2
+    val = f', validation loss {result.val_loss:.4f}' if result.val_loss is not None else ''
+    print(f'wrote {result.model_dir} at step {result.step}: train loss '
+          f'{result.train_loss:.4f}{val} ({result.seconds / 60:.1f} min)')
+    return 0
