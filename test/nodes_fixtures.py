@@ -1,6 +1,7 @@
 """
-Helpers for the node tests: a test-side rclpy node with sensor publishers, output recorders and
-node processes started from their console scripts.
+Helpers for the node tests: a test-side node, sensor publishers and node processes.
+
+The test-side node records outputs; node processes start from their console scripts.
 
 Everything runs in its own rclpy context and under a namespace unique to the test run, on the
 domain id test/conftest.py chose; waits for discovery are bounded (it sometimes takes seconds).
@@ -16,9 +17,8 @@ import threading
 import time
 from typing import Any, Optional
 
-import numpy as np
-
 from model_fixtures import make_observation
+import numpy as np
 
 READY_TIMEOUT_S = 90.0  # a node process imports torch (seconds on a loaded 2-core machine)
 FRAME = 'camera_color_optical_frame'

@@ -52,7 +52,8 @@ def test_world_frame_rotation_is_applied_after_the_current_orientation():
     targets = chunk_to_pose_targets(chunk([0, 0, 0, 0, 0, 0.3, 0]), 0.1, start, config)
     expected = quaternion_multiply(quaternion_from_rpy(0, 0, 0.3), start[3:])
     np.testing.assert_allclose(targets[0, 3:], expected, atol=1e-12)
-    assert not np.allclose(expected, quaternion_multiply(start[3:], quaternion_from_rpy(0, 0, 0.3)))
+    tool_frame = quaternion_multiply(start[3:], quaternion_from_rpy(0, 0, 0.3))
+    assert not np.allclose(expected, tool_frame)
 
 
 def test_gripper_binary_and_continuous():

@@ -167,3 +167,30 @@ def test_chunk_with_wrong_length_is_counted_invalid(tmp_path):
     assert (counts.invalid, counts.decoded) == (1, 1)
     assert 'horizon x action_dim' in counts.errors[0]
     assert list(summary.recorded) == [stamps[1]]
+
+
+def test_zed_like_bag_with_bgra_colour_and_float_depth(tmp_path):
+    ns = '/zed/zed_node'
+    builder = BagBuilder()
+    builder.string('/zed/instruction', 'pick up the red cube', T0)
+    for k, obs in enumerate(OBSERVATIONS[:3]):
+        stamp = T0 + k * 66 * MS
+        bgra = np.concatenate([obs.rgb[..., ::-1], np.full(obs.rgb.shape[:2] + (1,), 255,
+                                                            np.uint8)], axis=2)
+        builder.add(f'{ns}/rgb/image_rect_color', IMAGE, stamp,
+                    numpy_to_image(bgra, 'bgra8', stamp, 'cam'))
+        builder.add(f'{ns}/right/image_rect_color', IMAGE, stamp,
+                    numpy_to_image(bgra, 'bgra8', stamp, 'cam'))
+        builder.add(f'{ns}/depth/depth_registered', IMAGE, stamp,
+                    numpy_to_image(obs.depth, '32FC1', stamp, 'cam'))
+        builder.add(f'{ns}/confidence/confidence_map', IMAGE, stamp,
+                    numpy_to_image(np.ones_like(obs.depth), '32FC1', stamp, 'cam'))
+        builder.info(f'{ns}/rgb/camera_info', obs, stamp)
+        builder.info(f'{ns}/depth/camera_info', obs, stamp)
+    frames, summary = replay(builder.write(tmp_path / 'zed', 'mcap'))
+    assert summary.plan.rgb == f'{ns}/rgb/image_rect_color'
+    assert summary.plan.depth == f'{ns}/depth/depth_registered'
+    assert summary.plan.camera_info == f'{ns}/rgb/camera_info'
+    assert len(frames) == 3
+    np.testing.assert_array_equal(frames[1].observation.rgb, OBSERVATIONS[1].rgb)
+    np.testing.assert_array_equal(frames[1].observation.depth, OBSERVATIONS[1].depth)

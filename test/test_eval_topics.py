@@ -10,6 +10,7 @@ from vla_pruned_ros.eval.topics import (
     IMAGE,
     POINT_CLOUD,
     POSE,
+    PRUNING_STATS,
     STRING,
     TWIST,
     BagTopic,
@@ -138,6 +139,20 @@ def test_simulator_names_with_episode_markers_and_recorded_actions():
     twist = plan_topics([t for t in topics if t.msgtype != ACTION_CHUNK])
     assert (twist.actions, twist.action_type) == ('/expert/twist', TWIST)
     assert plan_topics(topics, {'actions': 'none'}).actions is None
+
+
+def test_the_node_outputs_in_a_whole_graph_recording_are_not_labels():
+    topics = [
+        image('/camera/color/image_raw', 'rgb8'),
+        image('/camera/depth/image_raw', '16UC1'),
+        info('/camera/color/camera_info'),
+        other('/action_chunk', ACTION_CHUNK),
+        other('/cmd_twist', TWIST),
+        other('/pruning_stats', PRUNING_STATS),
+    ]
+    assert plan_topics(topics).actions is None
+    teleop = plan_topics(topics + [other('/teleop_twist', TWIST)])
+    assert (teleop.actions, teleop.action_type) == ('/teleop_twist', TWIST)
 
 
 def test_ambiguous_topics_name_the_candidates_and_the_flag():

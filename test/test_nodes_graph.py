@@ -72,9 +72,9 @@ def graph(tmp_path_factory):
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
     from geometry_msgs.msg import PoseStamped, TwistStamped
     from std_msgs.msg import Float64
+    from vla_pruned_ros.msg import ActionChunk, PruningStats
 
     from vla_pruned_ros.model.checkpoint import save_model
-    from vla_pruned_ros.msg import ActionChunk, PruningStats
     from vla_pruned_ros.policy import Policy
 
     tmp = tmp_path_factory.mktemp('nodes')
@@ -248,8 +248,8 @@ def test_stale_input_gives_zero_twists_and_no_chunk(graph):
     assert len(twists) >= 5
     assert all(t.twist.linear.x == t.twist.linear.y == t.twist.linear.z == 0.0
                and t.twist.angular.z == 0.0 for t in twists)
-    statuses = [s for s in g.messages('policy_status', switched) if s.level[0] == 1]
-    assert statuses and 'stale' in statuses[-1].message
+    warnings = [s.message for s in g.messages('policy_status', switched) if s.level[0] == 1]
+    assert warnings and 'stale' in warnings[-1]
 
 
 def test_malformed_images_and_clouds_leave_the_node_alive_with_an_error(graph):
@@ -280,3 +280,14 @@ def test_sigint_shuts_both_nodes_down_cleanly(graph):
         log = read_log(process)
         assert codes[name] in (0, 130), f'{name} exited {codes[name]}:\n{log}'
         assert 'Traceback' not in log, log
+
+
+def test_a_bad_model_parameter_exits_with_one_clear_line(tmp_path):
+    import subprocess
+
+    result = subprocess.run(
+        [script('policy_node'), '--ros-args', '-p', f'model:={tmp_path / "missing"}'],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2
+    assert 'does not exist' in result.stderr and 'Traceback' not in result.stderr

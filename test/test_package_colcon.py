@@ -59,10 +59,12 @@ def install(tmp_path_factory) -> Path:
 
 def build_env() -> dict:
     env = dict(os.environ)
-    env['CMAKE_PREFIX_PATH'] = sys.prefix
-    env['AMENT_PREFIX_PATH'] = sys.prefix
-    # an outer `make test` must not hand its jobserver or a sourced ROS to this build
-    for name in ('PYTHONPATH', 'MAKEFLAGS', 'MFLAGS', 'MAKELEVEL'):
+    # this interpreter's prefix holds the ROS 2 wheels in a venv; a sourced ROS stays behind it
+    for name in ('CMAKE_PREFIX_PATH', 'AMENT_PREFIX_PATH'):
+        parts = [p for p in env.get(name, '').split(os.pathsep) if p and p != sys.prefix]
+        env[name] = os.pathsep.join([sys.prefix, *parts])
+    # an outer `make test` must not hand its jobserver to this build
+    for name in ('MAKEFLAGS', 'MFLAGS', 'MAKELEVEL'):
         env.pop(name, None)
     return env
 

@@ -1,26 +1,33 @@
 """
 Every console script declared in setup.cfg is installed and answers ``--help``.
 
-In a venv made by ``make`` pip installs them to ``bin/``; in a ROS 2 install space CMake
-installs them to ``lib/vla_pruned_ros/`` (checked by test_package_colcon.py).
+Where depends on who installed the package: pip (``make``) puts the scripts into the
+environment's ``bin/``, CMake (colcon) into ``lib/vla_pruned_ros/`` of the install prefix,
+where ``ros2 run`` looks.
 """
 
 from pathlib import Path
 import subprocess
 import sys
 
+from ament_index_python.packages import get_package_prefix
 from console_scripts import read_console_scripts
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+PACKAGE = 'vla_pruned_ros'
 SCRIPTS = sorted(read_console_scripts(REPO / 'setup.cfg'))
 
 
-@pytest.mark.skipif(sys.prefix == sys.base_prefix, reason='pip installs scripts into a venv')
+def script_dir() -> Path:
+    cmake_dir = Path(get_package_prefix(PACKAGE)) / 'lib' / PACKAGE
+    return cmake_dir if cmake_dir.is_dir() else Path(sys.prefix) / 'bin'
+
+
 @pytest.mark.parametrize('name', SCRIPTS)
 def test_console_script_runs_help(name):
-    executable = Path(sys.prefix) / 'bin' / name
-    assert executable.is_file(), f'{name} is not in {executable.parent}: run `make` again'
+    executable = script_dir() / name
+    assert executable.is_file(), f'{name} is not in {executable.parent}: install again (make)'
     result = subprocess.run(
         [str(executable), '--help'], capture_output=True, text=True, timeout=60, cwd='/'
     )

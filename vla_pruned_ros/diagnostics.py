@@ -54,18 +54,21 @@ class RollingWindow:
         self._items: deque = deque()
 
     def add(self, t_s: float, item: Any) -> None:
-        """Add ``item`` seen at ``t_s``; a time jump backwards (replay loop) restarts the window."""
+        """Add ``item`` seen at ``t_s``; time running backwards (a replay loop) restarts it."""
         if self._items and t_s < self._items[-1][0]:
             self._items.clear()
         self._items.append((float(t_s), item))
 
     def items(self, now_s: float) -> list:
         """Return (time, item) pairs newer than ``now_s - seconds``, oldest first."""
+        if self._items and self._items[-1][0] > now_s:
+            self._items.clear()  # the clock went back (replay restarted): all of it is old
         while self._items and self._items[0][0] < now_s - self.seconds:
             self._items.popleft()
         return list(self._items)
 
     def clear(self) -> None:
+        """Forget every item."""
         self._items.clear()
 
 
@@ -140,6 +143,7 @@ class SpeedupTracker:
             history.append(float(sample.latency_ms))
 
     def clear(self) -> None:
+        """Forget the dense latencies (e.g. after the device changed)."""
         with self._lock:
             self._dense.clear()
 

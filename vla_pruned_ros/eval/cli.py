@@ -147,7 +147,7 @@ def evaluate(args: argparse.Namespace) -> int:
 
     from vla_pruned_ros.eval.errors import EvalError
     from vla_pruned_ros.eval.live import read_live, score_live
-    from vla_pruned_ros.eval.replay import ReplayOptions, replay_bags
+    from vla_pruned_ros.eval.replay import ReplayOptions, plan_bag, replay_bags
     from vla_pruned_ros.eval.report import build_results, markdown_report, write_outputs
 
     started = time.time()
@@ -158,9 +158,6 @@ def evaluate(args: argparse.Namespace) -> int:
             f'{len(args.live)} recording(s)'
         )
     _check_numbers(args)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    policy, model_name = _load_policy(args)
     options = ReplayOptions(
         slop_s=args.slop,
         queue_size=args.queue_size,
@@ -174,6 +171,13 @@ def evaluate(args: argparse.Namespace) -> int:
         max_observations=args.max_observations,
         progress=not args.no_progress,
     )
+    # Bags and recordings are checked before the model loads: a bad topic fails in seconds.
+    for path in args.bags:
+        plan_bag(path, options, needs_pose=False)
+    recordings = [read_live(path, args.live_topic) for path in args.live or []]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    policy, model_name = _load_policy(args)
     replay = replay_bags(policy, args.bags, configurations, options)
     tolerance_ns = int(round(args.slop * 1e9))
     device_name = (
@@ -191,10 +195,9 @@ def evaluate(args: argparse.Namespace) -> int:
         'slop_s': args.slop,
     }
     results = build_results(replay, meta, args.gripper_threshold, tolerance_ns)
-    for bag, recording in enumerate(args.live or []):
-        live = read_live(recording, args.live_topic)
+    for bag, recording in enumerate(recordings):
         results['live'].append(
-            score_live(live, replay, bag, tolerance_ns, args.gripper_threshold)
+            score_live(recording, replay, bag, tolerance_ns, args.gripper_threshold)
         )
     results['meta']['seconds'] = time.time() - started
     paths = write_outputs(

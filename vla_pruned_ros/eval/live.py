@@ -1,14 +1,14 @@
 """
 Score a live run: what the policy node published while a bag was replayed into it.
 
-Record the node's outputs while playing the bag (``ros2 bag play BAG --clock`` with
-``use_sim_time:=true`` on the node, and ``ros2 bag record /vla/action_chunk
-/vla/pruning_stats``). Every ActionChunk carries the stamp of the observation it was computed
-from, so each chunk is matched to the offline observation with the nearest stamp (within the
-synchroniser's slop) and scored like an offline configuration: against the dense prediction on
-that observation and against the recorded actions. Coverage tells how many of the bag's
-observations the node answered (a slow model skips frames on a live graph); PruningStats, when
-recorded, give the node's own latency and tokens kept.
+Record the node's outputs while playing the bag (``ros2 bag play BAG --clock`` or
+``vla-pruned-ros play BAG --clock``, with ``use_sim_time:=true`` on the node, and ``ros2 bag
+record`` its ``action_chunk`` and ``pruning_stats``). Every ActionChunk carries the stamp of
+the observation it was computed from, so each chunk is matched to the offline observation with
+the nearest stamp (within the synchroniser's slop) and scored like an offline configuration:
+against the dense prediction on that observation and against the recorded actions. Coverage
+tells how many of the bag's observations the node answered (a slow model skips frames on a
+live graph); PruningStats, when recorded, give the node's own latency and tokens kept.
 """
 
 from collections import Counter
@@ -29,7 +29,7 @@ from vla_pruned_ros.eval.bag import (
 from vla_pruned_ros.eval.errors import EvalError
 from vla_pruned_ros.eval.metrics import action_errors
 from vla_pruned_ros.eval.replay import Replay
-from vla_pruned_ros.eval.topics import ACTION_CHUNK, NODE_NAMESPACE, PRUNING_STATS
+from vla_pruned_ros.eval.topics import ACTION_CHUNK, PRUNING_STATS, BagTopic, node_outputs
 
 
 @dataclass
@@ -49,6 +49,7 @@ def _namespace(topic: str) -> str:
 
 
 def _choose_chunk_topic(topics: dict[str, str], topic: Optional[str], path: Path) -> str:
+    """The explicit topic, else the node's ActionChunk output, else the only ActionChunk."""
     chunks = sorted(name for name, msgtype in topics.items() if msgtype == ACTION_CHUNK)
     if topic:
         if topics.get(topic) != ACTION_CHUNK:
@@ -59,8 +60,8 @@ def _choose_chunk_topic(topics: dict[str, str], topic: Optional[str], path: Path
         return topic
     if not chunks:
         raise EvalError(f'live recording {path} has no {ACTION_CHUNK} topic')
-    mine = [name for name in chunks if name.strip('/').split('/')[0] == NODE_NAMESPACE]
-    candidates = mine or chunks
+    mine = node_outputs([BagTopic(name, msgtype) for name, msgtype in topics.items()])
+    candidates = sorted(mine) or chunks
     if len(candidates) > 1:
         raise EvalError(
             f'live recording {path}: several ActionChunk topics ({", ".join(candidates)}); '

@@ -181,15 +181,15 @@ def replay_bags(
             summaries.append(replay.summary)
             episode = None
             for frame in replay.frames():
-                new_episode = frame.episode != episode
-                episode = frame.episode
                 try:
                     kept = _step_all(policy, frame.observation, runs, pruners, budgets,
-                                     new_episode)
+                                     new_episode=frame.episode != episode)
                 except _Unusable as err:
                     replay.summary.unusable += 1
                     replay.summary.counts[plan.rgb].note(err)
                     continue
+                # Only a stepped observation opens the episode: every pruner saw its reset.
+                episode = frame.episode
                 index = len(observations)
                 observations.append(ObservationInfo(
                     bag_index, frame.episode, frame.index, int(frame.observation.stamp_ns),

@@ -28,9 +28,9 @@ results.json (``schema_version`` 1; SI units: metres, radians, milliseconds)::
                      null), runs {label: {actions (H x 7), latency_ms, tokens_2d_kept,
                      tokens_3d_kept, full_step}}
     samples[]        observation, bag, stamp_ns, image, kept {label: {2d[], 3d[]}}
-    live[]           recording, topic, stats_topic, chunks, matched, unmatched, coverage,
-                     pruner, budget, latency_ms_p50, latency_ms_p95, tokens_kept, vs_dense,
-                     vs_recorded
+    live[]           recording, bag, topic, stats_topic, chunks, skipped_messages, matched,
+                     unmatched, coverage, pruner, budget, latency_ms_p50, latency_ms_p95,
+                     tokens_kept, vs_dense, vs_recorded
     files            report, plots[], overlays[], predictions (bag folder or null)
 
 Errors (``vs_dense`` / ``vs_recorded``, see :mod:`.metrics`): mae[7] and mae_by_name,
@@ -44,6 +44,7 @@ from pathlib import Path
 import re
 import shutil
 from typing import Any, Optional
+import uuid
 
 import numpy as np
 
@@ -59,6 +60,7 @@ ERROR_PLOT = 'error_vs_tokens.png'
 SPEEDUP_PLOT = 'speedup_vs_tokens.png'
 OVERLAY_DIR = 'overlays'
 PREDICTIONS_DIR = 'predictions'
+OVERLAY_COLUMNS = 4
 # Significant digits of actions in results.json (float32 values need no more).
 ACTION_DIGITS = 7
 
@@ -276,12 +278,13 @@ def markdown_report(results: dict[str, Any]) -> str:
         '',
         '## Summary',
         '',
-        'Errors are per chunk step: translation in mm, rotation in degrees, gripper agreement '
-        'in % of steps.' + ('' if has_recorded else ' The bag holds no recorded actions.'),
+        'Tokens kept are means over all steps, full (unpruned) steps included. Errors are per '
+        'chunk step: translation in mm, rotation in degrees, gripper agreement in % of steps.'
+        + ('' if has_recorded else ' The bag holds no recorded actions.'),
         '',
     ]
-    header = ['configuration', 'visual tokens kept (2D + 3D)', 'FLOPs ratio', 'p50 ms',
-              'p95 ms', 'speedup', 'vs dense: transl. mm', 'rot. deg', 'gripper']
+    header = ['configuration', 'visual tokens kept (2D + 3D)', 'full steps', 'FLOPs ratio',
+              'p50 ms', 'p95 ms', 'speedup', 'vs dense: transl. mm', 'rot. deg', 'gripper']
     if has_recorded:
         header += ['vs recorded: transl. mm', 'rot. deg', 'gripper']
     rows = []
@@ -291,6 +294,7 @@ def markdown_report(results: dict[str, Any]) -> str:
             row['label'],
             f"{row['tokens_kept']:.1f} ({row['tokens_2d_kept']:.1f} + "
             f"{row['tokens_3d_kept']:.1f}) of {row['tokens_in']:.0f}",
+            f"{row['full_steps']}/{row['steps']}",
             _fmt(row['flops_ratio'], digits=3),
             _fmt(row['latency_ms_p50'], digits=1),
             _fmt(row['latency_ms_p95'], digits=1),
@@ -471,9 +475,14 @@ def overlay_image(sample: Sample, labels: list[str], path: 'str | Path') -> None
     pixels = None
     if sample.intrinsics is not None and len(sample.centres_3d):
         pixels = sample.intrinsics.project(sample.centres_3d)
-    figure, axes = plt.subplots(1, len(labels), figsize=(2.8 * len(labels), 3.2), squeeze=False)
+    panel_cols = min(len(labels), OVERLAY_COLUMNS)
+    panel_rows = -(-len(labels) // panel_cols)
+    figure, axes = plt.subplots(panel_rows, panel_cols,
+                                figsize=(2.8 * panel_cols, 3.0 * panel_rows), squeeze=False)
+    for axis in axes.flat[len(labels):]:
+        axis.axis('off')
     extent = (-0.5, width - 0.5, height - 0.5, -0.5)
-    for axis, label in zip(axes[0], labels):
+    for axis, label in zip(axes.flat, labels):
         kept_2d, kept_3d = sample.kept[label]
         pruned = np.ones(rows * cols, dtype=np.float32)
         pruned[np.asarray(kept_2d, dtype=np.int64)] = 0.0
@@ -588,6 +597,17 @@ def write_predictions(
     return path
 
 
+def results_json(results: dict[str, Any]) -> str:
+    """Return results as indented JSON with one line per step (thousands of them)."""
+    placeholder = f'steps-{uuid.uuid4().hex}'
+    text = json.dumps({**results, 'steps': placeholder}, indent=1, allow_nan=False)
+    steps = ',\n'.join(
+        '  ' + json.dumps(step, separators=(',', ':'), allow_nan=False)
+        for step in results['steps']
+    )
+    return text.replace(json.dumps(placeholder), f'[\n{steps}\n ]' if steps else '[]') + '\n'
+
+
 def _is_our_predictions(path: Path) -> bool:
     return path.is_dir() and all(
         f.name == 'metadata.yaml' or f.suffix == '.mcap' for f in path.iterdir()
@@ -646,6 +666,6 @@ def write_outputs(
     with open(out / REPORT_FILE, 'w', encoding='utf-8') as stream:
         stream.write(markdown_report(results))
     with open(out / RESULTS_FILE, 'w', encoding='utf-8') as stream:
-        json.dump(results, stream, indent=1, allow_nan=False)
+        stream.write(results_json(results))
     written += [out / REPORT_FILE, out / RESULTS_FILE]
     return written

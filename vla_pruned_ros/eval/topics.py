@@ -15,7 +15,8 @@ filled by the topics of the right message type first, then ranked by name:
 - camera_info: the CameraInfo in the rgb image's namespace, else in the depth image's;
 - cloud: the PointCloud2, 'registered' first; instruction: a String named like an instruction
   or prompt; episode: a String named 'episode'; pose: a PoseStamped named like an end effector;
-  actions: an ActionChunk, else a TwistStamped, outside the node's own ``/vla`` namespace.
+  actions: an ActionChunk, else a TwistStamped, that is not the policy node's own output (in
+  the ``/vla`` namespace, or beside a PruningStats topic as the node publishes them).
 
 When two topics tie for a role the bag is ambiguous: :class:`EvalError` names the candidates
 and the command-line flag that picks one. Every role can be given explicitly, and optional
@@ -41,8 +42,10 @@ PRUNING_STATS = 'vla_pruned_ros/msg/PruningStats'
 
 # Topic name that switches an optional role off.
 NONE = 'none'
-# The policy node publishes under this namespace; its outputs are never ground truth.
+# A namespace the policy node's outputs are expected in; they are never ground truth.
 NODE_NAMESPACE = 'vla'
+# What the node publishes beside its pruning_stats.
+NODE_OUTPUTS = ('action_chunk', 'cmd_twist')
 
 COLOUR_ENCODINGS = frozenset({'rgb8', 'bgr8', 'rgba8', 'bgra8'})
 MONO_ENCODINGS = frozenset({'mono8', '8uc1'})
@@ -165,8 +168,19 @@ def _rank_actions(topic: BagTopic) -> int:
     return 2 * _has(topic.name, 'expert', 'teleop', 'demo', 'recorded', 'label', 'command')
 
 
-def _outside_node(topic: BagTopic) -> bool:
-    return topic.name.strip('/').split('/')[0] != NODE_NAMESPACE
+def node_outputs(topics: Sequence[BagTopic]) -> set[str]:
+    """
+    Return the names of the topics the policy node published (its predictions, not labels).
+
+    The node publishes ``action_chunk`` and ``cmd_twist`` beside ``pruning_stats`` in its
+    namespace; everything under ``/vla`` (the namespace of this package's examples) counts too.
+    """
+    spaces = {_namespace(t.name) for t in topics if t.msgtype == PRUNING_STATS}
+    return {
+        t.name for t in topics
+        if t.name.strip('/').split('/')[0] == NODE_NAMESPACE
+        or (_namespace(t.name) in spaces and t.name.rsplit('/', 1)[1] in NODE_OUTPUTS)
+    }
 
 
 class _Chooser:
@@ -296,10 +310,11 @@ def plan_topics(
                 'the model reads the end-effector pose (proprioception) but the bag has no '
                 f'{POSE} topic; pass --pose-topic NAME'
             )
+    outputs = node_outputs(topics)
     actions = chooser.choose(
         'actions',
-        [t for t in chooser.of_type(ACTION_CHUNK) if _outside_node(t)]
-        or [t for t in chooser.of_type(TWIST) if _outside_node(t)],
+        [t for t in chooser.of_type(ACTION_CHUNK) if t.name not in outputs]
+        or [t for t in chooser.of_type(TWIST) if t.name not in outputs],
         _rank_actions,
     )
     return TopicPlan(

@@ -20,7 +20,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
 
-from vla_pruned_ros.diagnostics import LEVEL_NAMES, OK, HealthReport, PolicyMonitor, StepSample
+from vla_pruned_ros.diagnostics import OK, HealthReport, PolicyMonitor, StepSample
 from vla_pruned_ros.msg import PruningStats
 from vla_pruned_ros.nodes.params import (
     check_value,
@@ -30,7 +30,7 @@ from vla_pruned_ros.nodes.params import (
     spec_by_name,
 )
 
-DESCRIPTION = 'Publish the policy node\'s latency, rate, tokens and speedup on /diagnostics.'
+DESCRIPTION = "Publish the policy node's latency, rate, tokens and speedup on /diagnostics."
 TASK_NAME = 'policy'
 LIVE_SETTINGS = ('window_s', 'min_rate_hz', 'silence_timeout_s', 'calibration_dense_ms')
 
@@ -79,8 +79,8 @@ class DiagnosticsNode(Node):
             updater = Updater(self, period=period_s)
             updater.setHardwareID(self._hardware_id or 'vla_pruned_ros')
             updater.add(TASK_NAME, self._fill)
-        except Exception as err:  # noqa: BLE001  (an incompatible release: use the plain path)
-            self.get_logger().warn(f'diagnostic_updater unusable ({err}); publishing directly')
+        except Exception as err:  # an incompatible release: use the plain path
+            self.get_logger().warning(f'diagnostic_updater unusable ({err}); publishing directly')
             return None
         return updater
 
@@ -110,8 +110,11 @@ class DiagnosticsNode(Node):
     def _report(self) -> HealthReport:
         report = self.monitor.report(self._now_s())
         self.last_report = report
-        log = self.get_logger()
-        (log.info if report.level == OK else log.warn)(report.line)
+        # rclpy fixes a logging call site's severity on first use: one call per severity.
+        if report.level == OK:
+            self.get_logger().info(report.line)
+        else:
+            self.get_logger().warning(report.line)
         return report
 
     def _hardware(self, report: HealthReport) -> str:
@@ -138,11 +141,6 @@ class DiagnosticsNode(Node):
         array = DiagnosticArray(status=[status])
         array.header.stamp = self.get_clock().now().to_msg()
         self._publisher.publish(array)
-
-
-def level_name(level: int) -> str:
-    """'OK', 'WARN', 'ERROR' or 'STALE'."""
-    return LEVEL_NAMES.get(level, str(level))
 
 
 def main(argv: Optional[list] = None) -> int:

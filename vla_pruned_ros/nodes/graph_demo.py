@@ -9,10 +9,11 @@ of each run. ``make demo`` calls it with the shipped sample bag and model.
 """
 
 import argparse
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 import threading
 import time
-from typing import Any, Callable, Optional, Sequence
+from typing import Optional
 
 REPLAY_TOPICS = (
     '/camera/color/image_raw',
@@ -22,7 +23,9 @@ REPLAY_TOPICS = (
     '/ee_pose',
     '/instruction',
 )
-COLUMNS = ('pruner', 'level', 'steps', 'rate Hz', 'p50 ms', 'p95 ms', '2D kept', '3D kept',
+# Bag time the clock runs on after each play: the diagnostics node publishes once per second.
+DIAGNOSTICS_TAIL_S = 1.2
+COLUMNS = ('pruner', 'level', 'chunks', 'rate Hz', 'p50 ms', 'p95 ms', '2D kept', '3D kept',
            'FLOPs', 'speedup')
 
 
@@ -93,8 +96,8 @@ def run_graph_demo(
     replay down for models slower than the bag's frame rate. The dense run uses all tokens; the
     others keep ``keep_ratio`` of them.
     """
-    import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
+    import rclpy
     from rclpy.executors import MultiThreadedExecutor
     from rclpy.parameter import Parameter
 
@@ -166,22 +169,22 @@ def run_graph_demo(
         runs = []
         for pruner in pruners:
             ratio = 1.0 if pruner == 'dense' else keep_ratio
-            results = policy.set_parameters([
+            result = policy.set_parameters_atomically([
                 Parameter('pruner', value=pruner),
                 Parameter('token_budget', value=0),
                 Parameter('keep_ratio', value=float(ratio)),
             ])
-            refused = [r.reason for r in results if not r.successful]
-            if refused:
-                raise ValueError(f'policy_node refused pruner {pruner!r}: {refused[0]}')
+            if not result.successful:
+                raise ValueError(f'policy_node refused pruner {pruner!r}: {result.reason}')
             with lock:
                 current.append(PrunerRun(pruner))
             say(f'graph demo: playing {bag_path} with {pruner} '
                 f'(keep_ratio {ratio:g}, rate {rate:g}) ...')
             started = time.monotonic()
             player.play()
-            # The last diagnostics period of the run (1 s of bag time) still has to arrive.
-            time.sleep(max(0.5, 1.2 / rate))
+            # Let bag time run on for one more diagnostics period, then wait for delivery.
+            player.advance_clock(DIAGNOSTICS_TAIL_S)
+            time.sleep(0.3)
             with lock:
                 runs.append(current[-1])
             say(f'graph demo: {pruner}: {runs[-1].chunks} action chunks in '

@@ -48,13 +48,16 @@ class ParamSpec:
     length: Optional[int] = None
 
 
-def policy_parameters(n_2d: int = 256, n_3d: int = 256) -> list:
+def policy_parameters(n_2d: int = 256, n_3d: int = 256, pruners: tuple = ()) -> list:
     """
     The policy node's parameters; token ranges follow the loaded model's visual tokens.
 
-    ``n_2d`` / ``n_3d`` are the 2D patch and 3D group tokens one observation gives.
+    ``n_2d`` / ``n_3d`` are the 2D patch and 3D group tokens one observation gives; ``pruners``
+    (the registry's names) are listed in the ``pruner`` description.
     """
     n_visual = n_2d + n_3d
+    pruner_names = ', '.join(pruners) if pruners else 'dense, random, fastv, tri_stage, ...'
+
     return [
         # -- model (fixed for the node's life)
         ParamSpec('model', '', 'Model directory (save_model format). Empty: the embedded '
@@ -68,8 +71,7 @@ def policy_parameters(n_2d: int = 256, n_3d: int = 256) -> list:
         ParamSpec('dtype', 'fp32', 'Model precision: fp32, bf16 or fp16.', read_only=True,
                   choices=DTYPES),
         # -- pruning (live; applied at the next step)
-        ParamSpec('pruner', 'tri_stage', 'Visual-token pruner (registry name, e.g. dense, '
-                  'random, fastv, tri_stage).'),
+        ParamSpec('pruner', 'tri_stage', f'Visual-token pruner, one of: {pruner_names}.'),
         ParamSpec('token_budget', 0, 'Visual tokens (2D + 3D) kept per step; 0 = use '
                   'keep_ratio.', int_range=(0, n_visual, 1)),
         ParamSpec('keep_ratio', 0.25, 'Share of visual tokens kept when token_budget is 0 '
@@ -258,7 +260,7 @@ def default_model_candidates() -> list:
         from ament_index_python.packages import get_package_share_directory
 
         candidates.append(Path(get_package_share_directory(PACKAGE)) / 'models' / 'default')
-    except Exception:  # noqa: BLE001  (not installed as a ROS package, or no ament index)
+    except Exception:  # not installed as a ROS package, or no ament index
         pass
     for prefix in os.environ.get('AMENT_PREFIX_PATH', '').split(os.pathsep):
         if prefix:

@@ -128,6 +128,7 @@ class BagPlayer:
             raise BagError(f'none of the message types in {self.path} is installed')
         self._clock_type = Clock
         self._clock_pub = None
+        self._last_bag_ns: Optional[int] = None
         if clock:
             self._clock_pub = node.create_publisher(
                 Clock, '/clock', QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE))
@@ -171,6 +172,24 @@ class BagPlayer:
                 break
         return self.summary
 
+    def advance_clock(self, seconds: float, stop: Optional[threading.Event] = None) -> None:
+        """
+        Keep /clock running past the last message for ``seconds`` of bag time (at ``rate``).
+
+        Lets nodes on sim time finish what runs on their timers (e.g. a last diagnostics
+        update) after a short bag. Does nothing without ``clock`` or before anything played.
+        """
+        if self._clock_pub is None or self._last_bag_ns is None:
+            return
+        stop = stop or threading.Event()
+        start_wall, start_ns = time.monotonic(), self._last_bag_ns
+        while not stop.is_set():
+            elapsed = (time.monotonic() - start_wall) * self.rate
+            if elapsed >= seconds:
+                break
+            self._publish_clock(start_ns + int(elapsed * NS_PER_S))
+            time.sleep(CLOCK_PERIOD_S)
+
     def _play_once(
         self, messages: Any, stop: threading.Event, progress: Optional[Callable[[str], None]]
     ) -> None:
@@ -191,6 +210,7 @@ class BagPlayer:
             if stop.is_set():
                 return
             self._publish_clock(bag_ns)
+            self._last_bag_ns = bag_ns
             self._publishers[connection.topic].publish(bytes(raw))
             self.summary.messages += 1
             counts = self.summary.per_topic
@@ -225,8 +245,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument('--wait-timeout', type=float, default=10.0,
                         help='seconds to wait for --wait-for subscribers')
     parser.add_argument('--quiet', action='store_true', help='no progress lines')
-    parser.add_argument('ros_args', nargs=argparse.REMAINDER,
-                        help='--ros-args ... passed to rclpy (e.g. -r __node:=player)')
+    parser.add_argument('--ros-args', nargs=argparse.REMAINDER, default=None,
+                        help='ROS arguments for the player node (last on the line)')
     return parser
 
 
@@ -237,7 +257,8 @@ def run(args: argparse.Namespace) -> int:
     import rclpy
     from rclpy.executors import ExternalShutdownException
 
-    rclpy.init(args=['vla-pruned-ros-play', *args.ros_args])
+    ros_args = [] if args.ros_args is None else ['--ros-args', *args.ros_args]
+    rclpy.init(args=['vla-pruned-ros-play', *ros_args])
     node = rclpy.create_node('bag_player')
     status = 0
     try:

@@ -78,9 +78,13 @@ COMMAND_PARAMETERS = ('output_mode', 'axis_scale', 'axis_limit', 'gripper_binary
 SYNC_PARAMETERS = ('sync_slop_s', 'max_obs_age_s', 'input_mode')
 # The worker also wakes on its own this often, to notice stale input while no sensor speaks.
 WORKER_POLL_S = 0.05
-# A stamp this far behind the previous rgb stamp means time jumped back (bag loop, sim reset).
-TIME_JUMP_NS = NS_PER_S
+# An rgb stamp this far behind the previous one means time jumped back (bag loop, sim reset);
+# without a reset the synchronizer would refuse everything up to the old stamps.
+TIME_JUMP_NS = NS_PER_S // 10
 LOG_THROTTLE_S = 5.0
+# A model that reads the end-effector pose waits this long (wall clock) for the pose of the
+# newest rgb image before running without it: drivers publish the pose after the images.
+POSE_WAIT_S = 0.2
 SYNC_QUEUE_SIZE = 5
 
 
@@ -106,10 +110,14 @@ class PolicyNode(Node):
         self.n_2d = int(np.prod(grid))
         self.n_3d = int(self.policy.config.points.num_groups)
         self._needs_pose = bool(self.policy.model.n_proprio)
-        specs = policy_parameters(self.n_2d, self.n_3d)
+        from vla_pruned_ros.pruning import available_pruners
+
+        specs = policy_parameters(self.n_2d, self.n_3d, tuple(available_pruners()))
         self._specs = spec_by_name(specs)
         declare(self, [s for s in specs if s.name not in MODEL_PARAMETERS])
 
+        self._stop = threading.Event()
+        self._wake = threading.Event()
         self.faults = FaultTracker()
         self.stream = CommandStream()
         self._speedup = SpeedupTracker()
@@ -121,6 +129,9 @@ class PolicyNode(Node):
         self._latest_pose: Optional[np.ndarray] = None
         self._last_rgb_stamp: Optional[int] = None
         self._last_obs_stamp: Optional[int] = None
+        self._last_stale_ns: Optional[int] = None
+        self._pose_stamps: deque = deque(maxlen=64)
+        self._last_rgb_arrival = 0.0
         self._step_count = 0
         self._log_times: dict = {}
         self._types = rclpy_types()
@@ -160,8 +171,6 @@ class PolicyNode(Node):
         self._control_timer = self._make_control_timer(self._settings['control_rate_hz'])
         self.create_timer(1.0, self._publish_status)
 
-        self._stop = threading.Event()
-        self._wake = threading.Event()
         self._worker = threading.Thread(target=self._work, name='policy_worker', daemon=True)
         self._worker.start()
         self.get_logger().info(
@@ -171,11 +180,11 @@ class PolicyNode(Node):
 
     # ------------------------------------------------------------------------- model
     def _load_policy(self, values: dict) -> Any:
+        source = resolve_model_source(values['model'], values['preset'])  # before the slow import
         from vla_pruned_ros.policy import Policy
 
-        source = resolve_model_source(values['model'], values['preset'])
         if source.warning:
-            self.get_logger().warn(source.warning)
+            self.get_logger().warning(source.warning)
         options = {'device': values['device'], 'dtype': values['dtype'], 'pruner': 'dense'}
         self.get_logger().info(f'loading {source.kind} {source.value!r} ...')
         try:
@@ -283,7 +292,7 @@ class PolicyNode(Node):
         """Run a conversion; a bad message is a fault, never an exception out of a callback."""
         try:
             convert()
-        except Exception as err:  # noqa: BLE001  (any bad message must leave the node running)
+        except Exception as err:  # any bad message must leave the node running
             self._fault('conversion_errors', f'bad {kind} on {topic}: {err}')
             return
         if wake:  # only images and clouds can complete an observation
@@ -295,6 +304,7 @@ class PolicyNode(Node):
             rgb = image_to_rgb(msg)
             self._check_time_jump(stamp)
             self._sync.add_rgb(stamp, rgb, self._settings['camera_frame'] or msg.header.frame_id)
+            self._last_rgb_arrival = time.monotonic()
 
         self._guard('rgb image', 'camera/color/image_raw', convert)
 
@@ -329,10 +339,12 @@ class PolicyNode(Node):
         def convert() -> None:
             p, q = msg.pose.position, msg.pose.orientation
             pose = np.array([p.x, p.y, p.z, q.x, q.y, q.z, q.w], dtype=np.float64)
-            self._sync.add_ee_pose(stamp_to_ns(msg.header.stamp), pose)
+            stamp = stamp_to_ns(msg.header.stamp)
+            self._sync.add_ee_pose(stamp, pose)
+            self._pose_stamps.append(stamp)
             self._latest_pose = pose
 
-        self._guard('end-effector pose', 'ee_pose', convert, wake=False)
+        self._guard('end-effector pose', 'ee_pose', convert, wake=self._needs_pose)
 
     def _on_instruction(self, msg: String) -> None:
         self._set_instruction(msg.data)
@@ -349,12 +361,13 @@ class PolicyNode(Node):
     def _check_time_jump(self, stamp_ns: int) -> None:
         last, self._last_rgb_stamp = self._last_rgb_stamp, stamp_ns
         if last is not None and stamp_ns < last - TIME_JUMP_NS:
-            self.get_logger().warn(
+            self.get_logger().warning(
                 f'time jumped back {(last - stamp_ns) / NS_PER_S:.1f} s: new episode')
             self._sync.reset()
             self.policy.reset()
             self.stream.invalidate('time jumped backwards; waiting for a new observation')
             self._last_obs_stamp = None
+            self._pose_stamps.clear()
 
     # ------------------------------------------------------------------------ worker
     def _now_ns(self) -> int:
@@ -368,16 +381,28 @@ class PolicyNode(Node):
             if self._stop.is_set():
                 break
             try:
+                if self._pose_pending():
+                    continue
                 now_ns = self._now_ns()
                 result = self._sync.pop_latest(now_ns)
                 if result.ok:
                     self._infer(result.observation)
                 else:
                     self._no_observation(result, now_ns)
-            except Exception as err:  # noqa: BLE001  (shutdown races; anything else is a fault)
+            except Exception as err:  # shutdown races; anything else is a fault
                 if self._stop.is_set() or not self.context.ok():
                     break
                 self._fault('internal_errors', f'worker: {type(err).__name__}: {err}')
+
+    def _pose_pending(self) -> bool:
+        """True while the newest rgb image may still get its end-effector pose."""
+        rgb_ns = self._last_rgb_stamp
+        if not self._needs_pose or rgb_ns is None:
+            return False
+        if time.monotonic() - self._last_rgb_arrival >= POSE_WAIT_S:
+            return False
+        slop_ns = self._settings['sync_slop_s'] * NS_PER_S
+        return not any(abs(stamp - rgb_ns) <= slop_ns for stamp in list(self._pose_stamps))
 
     def _no_observation(self, result: Any, now_ns: int) -> None:
         reason = result.reason
@@ -387,12 +412,16 @@ class PolicyNode(Node):
         elif reason.startswith('stale'):
             self.faults.count('stale_refused')
             self.faults.input_state(False, reason)
+            self._last_stale_ns = now_ns
             self.stream.invalidate(f'input {reason}')
             self._log('input', f'input {reason}; commanding zero/hold')
         else:
             last = self._last_obs_stamp
             max_age_ns = self._settings['max_obs_age_s'] * NS_PER_S
-            if last is None or now_ns - last > max_age_ns:
+            # Between two stale frames the queue is empty: 'stale' stays the better reason.
+            recently_stale = (self._last_stale_ns is not None
+                              and 0 <= now_ns - self._last_stale_ns < max_age_ns)
+            if (last is None or now_ns - last > max_age_ns) and not recently_stale:
                 detail = f': {result.detail}' if result.detail else ''
                 if reason == 'no instruction':
                     detail = ' (publish on the instruction topic or set the parameter)'
@@ -420,7 +449,7 @@ class PolicyNode(Node):
         policy = self._dense() if periodic_dense else self.policy
         try:
             actions, stats = policy.step(observation)
-        except Exception as err:  # noqa: BLE001  (a failed step must not stop the node)
+        except Exception as err:  # a failed step must not stop the node
             if not self.context.ok():
                 return
             self._fault('inference_errors', f'inference failed: {type(err).__name__}: {err}')
@@ -523,13 +552,20 @@ class PolicyNode(Node):
         self._publish_status()
 
     def _log(self, key: str, message: str, error: bool = False) -> None:
-        """Log ``message`` when it changes, else at most every LOG_THROTTLE_S (wall clock)."""
+        """Log at most every LOG_THROTTLE_S (wall clock) per key and kind of message."""
+        # The text before the first ':' names the kind ('bad rgb image on ...'); numbers after
+        # it change every time and must not defeat the throttle.
+        key = f'{key}:{message.split(":")[0]}'
         now = time.monotonic()
         last = self._log_times.get(key)
-        if last is not None and last[1] == message and now - last[0] < LOG_THROTTLE_S:
+        if last is not None and now - last < LOG_THROTTLE_S:
             return
-        self._log_times[key] = (now, message)
-        (self.get_logger().error if error else self.get_logger().warn)(message)
+        self._log_times[key] = now
+        # rclpy fixes a logging call site's severity on first use: one call per severity.
+        if error:
+            self.get_logger().error(message)
+        else:
+            self.get_logger().warning(message)
 
     def _publish_status(self) -> None:
         level, message, values = self.faults.status(self._now_ns() / NS_PER_S)
@@ -548,7 +584,7 @@ class PolicyNode(Node):
         )
         try:
             self.status_pub.publish(msg)
-        except Exception:  # noqa: BLE001  (publishing races with shutdown)
+        except Exception:  # publishing races with shutdown
             if self.context.ok():
                 raise
 

@@ -15,15 +15,15 @@ PACKAGE = 'vla_pruned_ros'
 
 
 def default_params_file() -> Optional[Path]:
-    """config/policy.yaml of the installed package, else of this source tree."""
-    candidates = []
+    """config/policy.yaml of this source tree (an editable install), else of the installed one."""
+    # The source file first: it is the one a developer edits; an install copy may lag behind.
+    candidates = [Path(__file__).resolve().parents[2] / 'config' / 'policy.yaml']
     try:
         from ament_index_python.packages import get_package_share_directory
 
         candidates.append(Path(get_package_share_directory(PACKAGE)) / 'config' / 'policy.yaml')
-    except Exception:  # noqa: BLE001  (no ament index: a plain pip install or source tree)
+    except Exception:  # no ament index: a plain pip install or source tree
         pass
-    candidates.append(Path(__file__).resolve().parents[2] / 'config' / 'policy.yaml')
     return next((path for path in candidates if path.is_file()), None)
 
 
@@ -35,8 +35,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument('--params-file', type=Path, default=None,
                         help='ROS parameters file (default: the package config/policy.yaml)')
-    parser.add_argument('ros_args', nargs=argparse.REMAINDER,
-                        help='--ros-args ... passed to both nodes')
+    parser.add_argument('--ros-args', nargs=argparse.REMAINDER, default=None,
+                        help='ROS arguments for both nodes (last on the line), e.g. '
+                        '-p pruner:=fastv -p use_sim_time:=true')
     return parser
 
 
@@ -49,18 +50,14 @@ def run(args: argparse.Namespace) -> int:
     from vla_pruned_ros.nodes.runtime import spin_nodes
 
     params_file = args.params_file or default_params_file()
-    ros_args = list(args.ros_args)
+    ros_args = ['--ros-args']
     if params_file is not None:
         if not Path(params_file).is_file():
             print(f'up: parameters file {params_file} does not exist', file=sys.stderr)
             return 2
-        # Our file goes first so that -p values given on the command line override it.
-        extra = ['--params-file', str(params_file)]
-        if '--ros-args' in ros_args:
-            at = ros_args.index('--ros-args') + 1
-            ros_args[at:at] = extra
-        else:
-            ros_args = ['--ros-args', *extra, *ros_args]
+        # The file goes first so that -p values given on the command line override it.
+        ros_args += ['--params-file', str(params_file)]
+    ros_args += args.ros_args or []
     print(f'up: policy_node + diagnostics_node, parameters from {params_file}', flush=True)
     return spin_nodes([PolicyNode, DiagnosticsNode], ['vla-pruned-ros-up', *ros_args],
                       num_threads=6)

@@ -30,7 +30,8 @@ What a pruned step does:
    dynamic tokens are dropped, since stale keys would misrepresent them.
 
 The first step of an episode, any step after the instruction or layout changed, and steps
-with a budget of every token run in full and refresh the cache. VLA-Cache's layer-wise reuse
+with a budget of every token run in full and refresh the cache. A token's attention relevance
+is measured whenever it is computed or reused; a dropped token keeps its last measured value. VLA-Cache's layer-wise reuse
 ratio is not implemented: a reused token is reused at every layer.
 """
 
@@ -213,7 +214,9 @@ class InfoEntropyPruner(Pruner):
         self._centres: Optional[np.ndarray] = None
         self._since_refresh = 0
         self._pixels: Optional[np.ndarray] = None
-        self.last_static: Optional[torch.Tensor] = None
+        self.last_static: Optional[torch.Tensor] = None  # per visual token, last pruned step
+        self.last_critical: Optional[torch.Tensor] = None
+        self.last_reused: Optional[torch.Tensor] = None
 
     def _probe(self, ctx: StepContext) -> AttentionProbe:
         return AttentionProbe(resolve_layer(self.config.attention_layer, ctx.num_layers), 'text')
@@ -224,7 +227,8 @@ class InfoEntropyPruner(Pruner):
     def plan(self, ctx: StepContext) -> StepPlan:
         """Full step (and fresh cache) when there is no usable cache; else select pre-decoder."""
         cfg = self.config
-        full = ctx.target >= ctx.layout.n_visual
+        # The first step measures every token's attention (and fills the cache).
+        full = ctx.target >= ctx.layout.n_visual or self._relevance is None
         if cfg.reuse:
             refresh = cfg.refresh_interval and self._since_refresh >= cfg.refresh_interval
             full = full or not self._cache_valid(ctx) or bool(refresh)
@@ -279,10 +283,10 @@ class InfoEntropyPruner(Pruner):
         ctx.record_stage('info_entropy', kept)
         reused = static.clone()
         reused[kept] = False
-        self.last_static = static
-        ctx.extras['critical'] = critical
-        if cfg.reuse and bool(reused.any()):
-            ctx.plan.reuse = KVReuse(torch.nonzero(reused).flatten(), self._cache)
+        self.last_static, self.last_critical = static, critical
+        self.last_reused = torch.nonzero(reused).flatten()
+        if cfg.reuse and self.last_reused.numel():
+            ctx.plan.reuse = KVReuse(self.last_reused, self._cache)
         return kept
 
     # ------------------------------------------------------------------- temporal state

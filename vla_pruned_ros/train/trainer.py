@@ -56,7 +56,8 @@ class TrainConfig:
     """
     Everything that defines a training run (saved in the training state).
 
-    ``val_every``-th episode (by global episode number) is held out for the validation loss.
+    Every ``val_every``-th episode (by global episode number) is held out for the validation
+    loss, which is computed on at most ``val_frames`` evenly spaced frames of those episodes.
     ``warmup`` steps ramp the learning rate up, then it follows a cosine to ``lr * final_lr``.
     """
 
@@ -70,7 +71,8 @@ class TrainConfig:
     warmup: int = 100
     final_lr: float = 0.1
     seed: int = 0
-    val_every: int = 10
+    val_every: int = 20
+    val_frames: int = 512
     log_every: int = 50
     checkpoint_every: int = 250
     token_drop_prob: float = 0.5
@@ -196,11 +198,16 @@ def _learning_rate(config: TrainConfig, step: int) -> float:
     return floor + (config.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def _split(samples: Samples, val_every: int) -> tuple[Samples, Optional[Samples]]:
+def _split(
+    samples: Samples, val_every: int, val_frames: int
+) -> tuple[Samples, Optional[Samples]]:
     is_val = samples.episode % val_every == val_every - 1
     if not is_val.any() or is_val.all():
         return samples, None
-    return samples.subset(np.flatnonzero(~is_val)), samples.subset(np.flatnonzero(is_val))
+    val_rows = np.flatnonzero(is_val)
+    if len(val_rows) > val_frames:
+        val_rows = val_rows[np.linspace(0, len(val_rows) - 1, val_frames).astype(np.int64)]
+    return samples.subset(np.flatnonzero(~is_val)), samples.subset(val_rows)
 
 
 @torch.no_grad()
@@ -278,7 +285,7 @@ def train(config: TrainConfig) -> TrainResult:
     out.mkdir(parents=True, exist_ok=True)
 
     samples = load_samples(config.data, model, cache_dir=out / 'cache', progress=config.progress)
-    train_samples, val_samples = _split(samples, config.val_every)
+    train_samples, val_samples = _split(samples, config.val_every, config.val_frames)
     if tokenizer is None:
         # The tokenizer learns only the instructions training can see (the train split's);
         # unseen words still encode through byte-level pieces.
@@ -343,7 +350,7 @@ def train(config: TrainConfig) -> TrainResult:
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
             step += 1
-            running.append(float(loss))
+            running.append(loss.item())
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f'{np.mean(running[-20:]):.4f}', lr=f'{lr:.1e}')

@@ -1,0 +1,101 @@
+"""Closed-loop evaluation in the simulator: episodes, statistics, report files, command."""
+
+import json
+
+import pytest
+
+from vla_pruned_ros.cli import main
+from vla_pruned_ros.model.checkpoint import save_model
+from vla_pruned_ros.policy import Policy
+from vla_pruned_ros.pruning import available_pruners
+from vla_pruned_ros.sim import cli as sim_cli
+from vla_pruned_ros.sim.env import DEFAULT_MAX_STEPS
+from vla_pruned_ros.sim.evaluate import (
+    EvalError,
+    evaluate,
+    markdown_table,
+    run_policy_episode,
+    wilson_interval,
+    write_report,
+)
+
+
+@pytest.fixture(scope='module')
+def policy():
+    return Policy.from_preset('tiny', seed=0, device='cpu')
+
+
+def test_wilson_interval_matches_known_values():
+    low, high = wilson_interval(5, 10)
+    assert low == pytest.approx(0.2366, abs=1e-4) and high == pytest.approx(0.7634, abs=1e-4)
+    low, high = wilson_interval(0, 10)
+    assert low == 0.0 and high == pytest.approx(0.2775, abs=1e-4)
+    low, high = wilson_interval(20, 20)
+    assert high == 1.0 and low == pytest.approx(0.8389, abs=1e-4)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def test_an_episode_replans_every_execute_steps_until_the_step_limit(policy):
+    # An untrained policy does not solve reach; the episode runs to the limit, re-planning
+    # after every 3 executed actions.
+    result = run_policy_episode(policy, 'reach', 0, 'heldout', execute_steps=3)
+    limit = DEFAULT_MAX_STEPS['reach']
+    if not result.success:
+        assert result.env_steps == limit
+        assert result.policy_steps == -(-limit // 3)
+    assert len(result.latency_ms) == result.policy_steps
+    assert result.tokens_2d_kept == 64 and result.tokens_3d_kept == 32
+
+
+def test_evaluate_covers_every_cell_and_writes_the_report(policy, tmp_path):
+    report = evaluate(policy, ['dense', 'random'], [0.5, 0.25], families=['reach'],
+                      episodes=1, split='heldout', execute_steps=8, model_name='tiny')
+    labels = [(c.pruner, c.keep_ratio) for c in report.cells]
+    assert labels == [('dense', None), ('random', 0.5), ('random', 0.25)]
+    random_half = report.cells[1]
+    assert random_half.tokens_in == 96
+    assert random_half.tokens_kept_mean == pytest.approx(48)
+    assert report.cells[2].tokens_kept_mean == pytest.approx(24)
+    assert report.cells[0].flops_ratio_mean == pytest.approx(1.0)
+    assert random_half.flops_ratio_mean < 1.0
+    for cell in report.cells:
+        assert cell.episodes == 1 and 0 <= cell.ci_low <= cell.success_rate <= cell.ci_high <= 1
+        assert cell.latency_ms_mean > 0
+
+    paths = write_report(report, tmp_path)
+    data = json.loads(paths['json'].read_text())
+    assert len(data['cells']) == 3 and data['split'] == 'heldout' and data['execute_steps'] == 8
+    assert paths['plot'].read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    table = paths['markdown'].read_text()
+    assert table == markdown_table(report) and '| random @ 0.25 | reach |' in table
+
+
+def test_bad_requests_are_refused(policy):
+    with pytest.raises(EvalError, match='unknown or no pruners'):
+        evaluate(policy, ['no_such_pruner'], [0.5], episodes=1)
+    with pytest.raises(EvalError, match='unknown or no families'):
+        evaluate(policy, ['dense'], [0.5], families=['stack'], episodes=1)
+    with pytest.raises(EvalError, match='keep ratios'):
+        evaluate(policy, ['random'], [1.5], episodes=1)
+    with pytest.raises(EvalError, match='episodes'):
+        evaluate(policy, ['dense'], [0.5], episodes=0)
+
+
+def test_eval_command_accepts_every_registered_pruner(policy, tmp_path, capsys):
+    model_dir = tmp_path / 'model'
+    save_model(policy.model, policy.tokenizer, str(model_dir))
+    parser_args = ['sim', 'eval', '--model', str(model_dir), '--pruners', *available_pruners(),
+                   '--out', str(tmp_path / 'report')]
+    from vla_pruned_ros.cli import build_parser
+
+    args = build_parser().parse_args(parser_args)
+    assert args.pruners == available_pruners() and args.split == 'heldout'
+    assert args._sim_run is sim_cli._run_eval
+    code = main(['sim', 'eval', '--model', str(model_dir), '--pruners', 'dense',
+                 '--episodes', '1', '--families', 'reach', '--execute-steps', '8',
+                 '--out', str(tmp_path / 'report')])
+    assert code == 0
+    assert (tmp_path / 'report' / 'results.md').is_file()
+    assert '| dense | reach |' in capsys.readouterr().out
+    code = main(['sim', 'eval', '--model', str(tmp_path / 'missing'), '--out', str(tmp_path)])
+    assert code == 2

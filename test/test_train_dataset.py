@@ -1,0 +1,100 @@
+"""Demonstration bags -> training samples through the project's conversion and sync code."""
+
+import json
+
+import numpy as np
+import pytest
+
+from vla_pruned_ros.model.mvla import MultiModalVLA
+from vla_pruned_ros.model.presets import preset_config
+from vla_pruned_ros.sim.record import read_episode_metadata, record_episodes
+from vla_pruned_ros.train.dataset import DatasetError, find_bags, load_samples, read_episodes
+
+
+@pytest.fixture(scope='module')
+def bag(tmp_path_factory):
+    path = tmp_path_factory.mktemp('demos') / 'bag'
+    record_episodes(path, ['reach', 'push'], 1, image_size=(64, 64), points_stride=2)
+    return path
+
+
+@pytest.fixture(scope='module')
+def model():
+    return MultiModalVLA(preset_config('tiny'))
+
+
+def test_every_action_step_becomes_one_frame_with_its_own_chunk(bag):
+    metadata = read_episode_metadata(bag)
+    episodes = list(read_episodes(bag))
+    assert [e.family for e in episodes] == ['reach', 'push']
+    for episode, meta in zip(episodes, metadata):
+        assert episode.metadata['seed'] == meta['seed']
+        # T steps: T observations with an action (the final outcome frame has none).
+        assert len(episode.frames) == meta['steps']
+        stamps = [f.observation.stamp_ns for f in episode.frames]
+        assert stamps[0] == meta['start_ns'] and stamps == sorted(stamps)
+        for frame in episode.frames:
+            obs = frame.observation
+            assert obs.instruction == meta['instruction']
+            assert obs.rgb.shape == (64, 64, 3) and obs.points.shape[1] == 3
+            assert obs.ee_pose is not None and obs.intrinsics is not None
+            assert frame.chunk.shape == (8, 7)
+        # Chunk t holds actions t..t+7, so consecutive chunks overlap by 7 actions: a frame
+        # paired with a neighbour's chunk would break this.
+        for before, after in zip(episode.frames, episode.frames[1:]):
+            np.testing.assert_array_equal(before.chunk[1:], after.chunk[:-1])
+
+
+def test_samples_hold_the_model_inputs_and_are_cached(bag, model, tmp_path):
+    samples = load_samples([bag], model, cache_dir=tmp_path)
+    steps = sum(m['steps'] for m in read_episode_metadata(bag))
+    config = model.config
+    assert len(samples) == steps
+    assert samples.pixel_values.shape == (steps, 3, 64, 64)
+    assert samples.neighbourhoods.shape == (steps, config.points.num_groups,
+                                            config.points.group_size, 3)
+    assert samples.actions.shape == (steps, config.horizon, 7)
+    assert samples.families == ['reach', 'push']
+    assert sorted(set(samples.family.tolist())) == [0, 1]
+    assert samples.num_episodes == 2
+    assert len(samples.instructions) == 2
+    # The first frame's pixels are exactly what the policy's preprocessing gives.
+    first = next(read_episodes(bag)).frames[0].observation
+    expected = model.vision.preprocess(first.rgb)[0].numpy().astype(np.float16)
+    np.testing.assert_array_equal(samples.pixel_values[0], expected)
+
+    cached = list(tmp_path.glob('*.npz'))
+    assert len(cached) == 1
+    again = load_samples([bag], model, cache_dir=tmp_path)
+    np.testing.assert_array_equal(again.centres, samples.centres)
+    assert again.instructions == samples.instructions
+    # Another input configuration must not reuse those inputs.
+    other = preset_config('tiny')
+    other.points.num_groups = 16
+    load_samples([bag], MultiModalVLA(other), cache_dir=tmp_path)
+    assert len(list(tmp_path.glob('*.npz'))) == 2
+
+
+def test_folders_of_bags_expand_and_episodes_are_numbered_across_bags(bag, model, tmp_path):
+    assert find_bags([bag.parent]) == [bag]
+    samples = load_samples([bag, bag], model)
+    assert samples.num_episodes == 4
+    assert len(samples.instructions) == 2
+
+
+def test_paths_that_are_not_demonstration_bags_are_refused(tmp_path):
+    with pytest.raises(DatasetError, match='not a rosbag2 folder'):
+        find_bags([tmp_path])
+    from rosbags.rosbag2 import Writer
+
+    from vla_pruned_ros.convert import package_typestore, rosbags_types
+
+    typestore = package_typestore()
+    path = tmp_path / 'instructions_only'
+    with Writer(path, version=9) as writer:
+        connection = writer.add_connection('/instruction', 'std_msgs/msg/String',
+                                           typestore=typestore)
+        msg = rosbags_types()['std_msgs/msg/String'](data=json.dumps('reach'))
+        writer.write(connection, 1, typestore.serialize_cdr(msg, 'std_msgs/msg/String'))
+    with pytest.raises(DatasetError, match='lacks the demonstration topics'):
+        list(read_episodes(path))

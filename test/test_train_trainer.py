@@ -1,0 +1,127 @@
+"""Behaviour cloning: the training forward pass, checkpoints, resume and the train command."""
+
+import json
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file
+import torch
+
+from vla_pruned_ros.cli import main
+from vla_pruned_ros.model.mvla import MultiModalVLA
+from vla_pruned_ros.model.presets import preset_config
+from vla_pruned_ros.model.runner import LayerRunner
+from vla_pruned_ros.policy import Policy
+from vla_pruned_ros.sim.record import read_episode_metadata, record_episodes
+from vla_pruned_ros.tokens.layout import TokenLayout
+from vla_pruned_ros.train.dataset import read_episodes
+from vla_pruned_ros.train.trainer import TrainConfig, TrainError, action_statistics, forward, train
+
+
+@pytest.fixture(scope='module')
+def bag(tmp_path_factory):
+    path = tmp_path_factory.mktemp('demos') / 'bag'
+    record_episodes(path, ['reach', 'pick'], 1, image_size=(64, 64), points_stride=2)
+    return path
+
+
+def _config(bag, out, **overrides) -> TrainConfig:
+    settings = {'data': [str(bag)], 'out': str(out), 'preset': 'tiny', 'steps': 4,
+                'batch_size': 4, 'checkpoint_every': 2, 'log_every': 1, 'progress': False,
+                'threads': 1, 'warmup': 2}
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def test_sim_preset_leaves_room_for_pruning():
+    config = preset_config('sim')
+    grid = config.vision.image_size // config.vision.patch_size
+    assert grid * grid >= 64 and config.points.num_groups >= 64
+    assert config.horizon == 8 and config.proprio_dim == 7
+
+
+def test_training_forward_with_dropped_tokens_matches_the_policy_runner():
+    torch.manual_seed(0)
+    model = MultiModalVLA(preset_config('tiny')).eval()
+    batch = 2
+    pixels = torch.randn(batch, 3, 64, 64)
+    neighbourhoods = torch.randn(batch, 32, 16, 3) * 0.01
+    centres = torch.randn(batch, 32, 3)
+    ids = torch.randint(2, 100, (batch, 12))
+    proprio = torch.randn(batch, 7)
+    with torch.no_grad():
+        dense = model.forward_dense(pixels, neighbourhoods, centres, ids, proprio)
+        np.testing.assert_allclose(forward(model, pixels, neighbourhoods, centres, ids, proprio),
+                                   dense, atol=1e-5)
+        keep_2d = torch.tensor([[0, 5, 9, 63], [1, 2, 3, 4]])
+        keep_3d = torch.tensor([[3, 7, 31], [0, 10, 20]])
+        pruned = forward(model, pixels, neighbourhoods, centres, ids, proprio, keep_2d, keep_3d)
+        assert not torch.allclose(pruned, dense, atol=1e-3)
+        # Sample 0 through the inference path: the same tokens at their original positions.
+        layout = TokenLayout(n_2d=64, n_3d=32, n_text=12, n_proprio=1, n_action=8,
+                             grid_shape=(8, 8), centres_3d=centres[0].numpy(),
+                             patch_of_3d=np.full(32, -1, np.int64))
+        tokens_2d = model.project_2d_tokens(model.encode_2d(pixels[:1])[:, keep_2d[0]])
+        tokens_3d = model.encode_3d(neighbourhoods[:1, keep_3d[0]], centres[:1, keep_3d[0]])
+        embeds = model.assemble(tokens_2d, tokens_3d, ids[:1], proprio[:1])
+        positions = torch.cat([keep_2d[0], keep_3d[0] + 64, torch.arange(96, layout.length)])
+        run = LayerRunner(model.decoder).run(embeds, layout, positions=positions)
+        np.testing.assert_allclose(model.head(run.normed[:, -8:])[0], pruned[0], atol=1e-5)
+
+
+def test_action_statistics_keep_constant_dimensions_unscaled():
+    actions = np.zeros((10, 8, 7), np.float32)
+    actions[..., 0] = np.arange(10)[:, None]
+    mean, std = action_statistics(actions)
+    assert mean[0] == pytest.approx(4.5) and std[0] == pytest.approx(np.arange(10).std())
+    assert std[3] == 1.0 and mean[3] == 0.0
+
+
+def test_training_fits_the_demonstrations_and_writes_a_usable_model(bag, tmp_path):
+    result = train(_config(bag, tmp_path / 'run', steps=40, batch_size=8, checkpoint_every=40,
+                           lr=2e-3, token_drop_prob=0.0, warmup=5))
+    log = [json.loads(line) for line in (tmp_path / 'run' / 'log.jsonl').read_text().splitlines()]
+    assert log[-1]['step'] == 40 == result.step
+    assert np.mean([r['train_loss'] for r in log[-5:]]) < 0.8 * np.mean(
+        [r['train_loss'] for r in log[:5]])
+
+    policy = Policy.from_pretrained(str(result.model_dir), device='cpu')
+    frames = [f for e in read_episodes(bag) for f in e.frames]
+    chunks = np.stack([f.chunk for f in frames])
+    np.testing.assert_allclose(policy.model.action_mean.numpy(), chunks.reshape(-1, 7).mean(0),
+                               atol=1e-5)
+    # The tokenizer learnt the training instructions: each is a handful of pieces, not bytes.
+    for meta in read_episode_metadata(bag):
+        ids = policy.tokenizer(meta['instruction'], add_special_tokens=False)['input_ids']
+        assert len(ids) <= len(meta['instruction'].split()) + 1
+    actions, stats = policy.step(frames[0].observation)
+    assert actions.shape == (8, 7) and np.isfinite(actions).all()
+    assert stats.tokens_2d_in == 64 and stats.tokens_3d_in == 32
+
+
+def test_resume_continues_exactly_where_the_run_stopped(bag, tmp_path):
+    straight = train(_config(bag, tmp_path / 'straight', steps=4))
+    train(_config(bag, tmp_path / 'resumed', steps=2))
+    with pytest.raises(TrainError, match='already holds a training run'):
+        train(_config(bag, tmp_path / 'resumed', steps=4))
+    resumed = train(_config(bag, tmp_path / 'resumed', steps=4, resume=True))
+    assert resumed.step == 4
+    a = load_file(straight.model_dir / 'model.safetensors')
+    b = load_file(resumed.model_dir / 'model.safetensors')
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6)
+    with pytest.raises(TrainError, match='nothing to resume'):
+        train(_config(bag, tmp_path / 'fresh', resume=True))
+
+
+def test_train_command(bag, tmp_path, capsys):
+    out = tmp_path / 'cli'
+    code = main(['train', '--data', str(bag), '--preset', 'tiny', '--out', str(out),
+                 '--steps', '2', '--batch-size', '2', '--threads', '1', '--no-progress'])
+    assert code == 0
+    assert 'at step 2' in capsys.readouterr().out
+    assert (out / 'model' / 'config.json').is_file() and (out / 'training_state.pt').is_file()
+    assert main(['train', '--data', str(tmp_path / 'missing'), '--out', str(tmp_path / 'x'),
+                 '--no-progress']) == 2
+    assert 'not a rosbag2 folder' in capsys.readouterr().err
