@@ -7,11 +7,16 @@ Environment every test run needs, set before any test module imports rclpy or Mu
   pid), so concurrent runs on one machine do not see each other's topics.
 - MuJoCo renders offscreen through EGL unless the caller chose a backend.
 - The build helpers in tools/ are importable, so tests use the code the build uses.
+- In-process models run on one torch thread: their kernels last microseconds, and two intra-op
+  threads on a busy 2-core machine wait on each other (a micro-model step went from 10 ms to
+  700 ms). Subprocesses (the node tests) keep torch's default.
 """
 
 import os
 from pathlib import Path
 import sys
+
+import pytest
 
 
 def _prepend_path(name: str, entry: str) -> None:
@@ -27,3 +32,17 @@ os.environ['ROS_DOMAIN_ID'] = str(1 + os.getpid() % 101)
 os.environ.setdefault('MUJOCO_GL', 'egl')
 
 sys.path.append(str(Path(__file__).resolve().parents[1] / 'tools'))
+
+
+@pytest.fixture(autouse=True, scope='session')
+def single_torch_thread():
+    """Run in-process models on one torch thread for the whole session, then restore."""
+    try:
+        import torch
+    except ImportError:  # the package tests run without torch too
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -1,8 +1,8 @@
 """Shared builders for model and pruning tests: a tiny real policy and RGB-D observations."""
 
-import numpy as np
-
 from dataclasses import replace
+
+import numpy as np
 
 from vla_pruned_ros.camera import CameraIntrinsics
 from vla_pruned_ros.model.presets import preset_config

@@ -17,8 +17,9 @@ import threading
 import time
 from typing import Any, Optional
 
-from model_fixtures import make_observation
 import numpy as np
+
+from model_fixtures import make_observation
 
 READY_TIMEOUT_S = 90.0  # a node process imports torch (seconds on a loaded 2-core machine)
 FRAME = 'camera_color_optical_frame'

@@ -1,5 +1,8 @@
 """Reading observations from hand-made bags: corruption, rates, episodes, missing topics."""
 
+import numpy as np
+import pytest
+
 from eval_fixtures import (
     CHUNK,
     IMAGE,
@@ -11,9 +14,6 @@ from eval_fixtures import (
     truncated,
 )
 from model_fixtures import make_observation
-import numpy as np
-import pytest
-
 from vla_pruned_ros.convert import numpy_to_image
 from vla_pruned_ros.eval.bag import BagReplay, list_topics, open_reader
 from vla_pruned_ros.eval.errors import EvalError

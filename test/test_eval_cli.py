@@ -2,13 +2,13 @@
 
 import json
 
-from eval_fixtures import MS, REALSENSE, T0, BagBuilder, camera_bag
-from model_fixtures import make_observation
 import numpy as np
 import pytest
 from rosbags.rosbag2 import Reader
 import torch
 
+from eval_fixtures import MS, REALSENSE, T0, BagBuilder, camera_bag
+from model_fixtures import make_observation
 from vla_pruned_ros import cli
 from vla_pruned_ros.convert import package_typestore
 from vla_pruned_ros.model.checkpoint import save_model

@@ -2,10 +2,10 @@
 
 from dataclasses import replace
 
-from model_fixtures import make_observation, micro_config
 import numpy as np
 import pytest
 
+from model_fixtures import make_observation, micro_config
 from vla_pruned_ros.policy import Policy
 from vla_pruned_ros.pruning import Budget, available_pruners, create_pruner
 

@@ -2,11 +2,11 @@
 
 from dataclasses import replace
 
-from model_fixtures import make_observation
 import numpy as np
 import pytest
 import torch
 
+from model_fixtures import make_observation
 from vla_pruned_ros.model.runner import ProbeResult
 from vla_pruned_ros.policy import Policy
 from vla_pruned_ros.pruning import Budget, create_pruner, select_top_k

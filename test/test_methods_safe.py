@@ -1,9 +1,9 @@
 """SAFE-Pruner: keyframes on attention shifts, forecast by correspondence, score formula."""
 
-from model_fixtures import make_observation, micro_config
 import pytest
 import torch
 
+from model_fixtures import make_observation, micro_config
 from vla_pruned_ros.policy import Policy
 from vla_pruned_ros.pruning import Budget, create_pruner
 from vla_pruned_ros.pruning.correspondence import match_by_cosine

@@ -10,10 +10,10 @@ import importlib.util
 from pathlib import Path
 import shutil
 
-from console_scripts import read_console_scripts
 import pytest
 import yaml
 
+from console_scripts import read_console_scripts
 from vla_pruned_ros.nodes.params import (
     LAUNCH_PARAMETERS,
     LAUNCH_REMAPS,
@@ -177,7 +177,6 @@ def test_ros2_launch_starts_both_nodes(tmp_path):
     import uuid
 
     from nodes_fixtures import Graph, read_log, start_process, stop_process, wait_for
-
     from vla_pruned_ros.model.checkpoint import save_model
     from vla_pruned_ros.policy import Policy
 

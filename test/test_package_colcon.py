@@ -13,8 +13,9 @@ import shutil
 import subprocess
 import sys
 
-from console_scripts import read_console_scripts
 import pytest
+
+from console_scripts import read_console_scripts
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = 'vla_pruned_ros'

@@ -11,8 +11,9 @@ import subprocess
 import sys
 
 from ament_index_python.packages import get_package_prefix
-from console_scripts import read_console_scripts
 import pytest
+
+from console_scripts import read_console_scripts
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = 'vla_pruned_ros'

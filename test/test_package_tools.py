@@ -5,10 +5,11 @@ import subprocess
 import sys
 import sysconfig
 
-from console_scripts import EntryPointError, read_console_scripts, write_wrappers
-from fix_rosidl_exports import fix_exports
 import numpy
 import pytest
+
+from console_scripts import EntryPointError, read_console_scripts, write_wrappers
+from fix_rosidl_exports import fix_exports
 
 WHEEL_EXPORT = '''\
 set_target_properties(std_msgs::std_msgs__rosidl_generator_py PROPERTIES

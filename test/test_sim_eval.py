@@ -33,6 +33,9 @@ def test_wilson_interval_matches_known_values():
     low, high = wilson_interval(20, 20)
     assert high == 1.0 and low == pytest.approx(0.8389, abs=1e-4)
     assert wilson_interval(0, 0) == (0.0, 1.0)
+    for trials in range(1, 60):
+        assert wilson_interval(0, trials)[0] == 0.0
+        assert wilson_interval(trials, trials)[1] == 1.0
 
 
 def test_an_episode_replans_every_execute_steps_until_the_step_limit(policy):

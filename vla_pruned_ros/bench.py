@@ -81,6 +81,19 @@ def sim_observations(count: int, image_size: int, family: str = 'pick', seed: in
     return observations[:count]
 
 
+def bag_observations(path: str, count: int, needs_pose: bool) -> list:
+    """The first ``count`` observations of a rosbag2, synchronised as the node does."""
+    from vla_pruned_ros.eval.bag import BagReplay
+    from vla_pruned_ros.eval.replay import ReplayOptions, plan_bag
+
+    topics, plan = plan_bag(path, ReplayOptions(), needs_pose)
+    replay = BagReplay(path, plan, topics, max_observations=count)
+    observations = [frame.observation for frame in replay.frames()]
+    if len(observations) < count:
+        raise ValueError(f'{path} holds {len(observations)} observations, {count} needed')
+    return observations
+
+
 def _percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float('nan')
 
@@ -249,6 +262,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument('--warmup', type=int, default=3, help='untimed steps per configuration')
     parser.add_argument('--threads', type=int, help='torch CPU threads (default: torch default)')
     parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--bag', help='take the observations from this rosbag2 (default: sim)')
     parser.add_argument('--out', default='bench_results', help='output directory')
     parser.add_argument('--peak-tflops', type=float, help='device peak for the roofline bound')
     parser.add_argument('--bandwidth-gbs', type=float, help='memory bandwidth for the roofline')
@@ -271,8 +285,11 @@ def run(args: argparse.Namespace) -> int:
     else:
         policy = Policy.from_preset(args.preset, device=args.device, dtype=args.dtype,
                                     seed=args.seed)
-    image_size = policy.config.vision.image_size
-    observations = sim_observations(args.warmup + args.steps, image_size, seed=args.seed)
+    count = args.warmup + args.steps
+    if args.bag:
+        observations = bag_observations(args.bag, count, needs_pose=bool(policy.model.n_proprio))
+    else:
+        observations = sim_observations(count, policy.config.vision.image_size, seed=args.seed)
     configurations = [BenchConfiguration('dense')] + [
         BenchConfiguration(pruner, budget) for pruner in args.pruners for budget in budgets
     ]

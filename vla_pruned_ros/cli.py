@@ -22,7 +22,7 @@ SUBCOMMANDS = {
     'play': 'vla_pruned_ros.nodes.player',
     'eval': 'vla_pruned_ros.eval.cli',
     'train': 'vla_pruned_ros.train.cli',
-    'ties-calibrate': 'vla_pruned_ros.pruning.calibrate_cli',
+    'ties-calibrate': 'vla_pruned_ros.ties_cli',
 }
 
 

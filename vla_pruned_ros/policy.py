@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import threading
 import time
 from typing import Any, Optional, Union
+import weakref
 
 import numpy as np
 import torch
@@ -68,7 +69,11 @@ class Policy:
         self.flops = FlopsModel.from_model(self.model)
         self.pruner = self._make_pruner(pruner, pruner_config)
         self.budget = budget or Budget()
-        self.step_index = 0
+        # Steps since the episode start, per pruner instance: bench and eval interleave several
+        # pruners on one policy, and each must see its own episode clock.
+        self._episode_steps: weakref.WeakKeyDictionary[Pruner, int] = (
+            weakref.WeakKeyDictionary()
+        )
         self._pending = _Pending()
         self._lock = threading.Lock()
 
@@ -141,12 +146,16 @@ class Policy:
             pending, self._pending = self._pending, _Pending()
         if pending.pruner is not None:
             self.pruner = pending.pruner
-            self.step_index = 0
         if pending.budget is not None:
             self.budget = pending.budget
         if pending.reset:
             self.pruner.reset()
-            self.step_index = 0
+            self._episode_steps[self.pruner] = 0
+
+    @property
+    def step_index(self) -> int:
+        """Steps the active pruner has taken since its episode started."""
+        return self._episode_steps.get(self.pruner, 0)
 
     # --------------------------------------------------------------------------------- step
     def _timer(self) -> float:
@@ -308,7 +317,7 @@ class Policy:
             kept_3d=(kept_visual[kept_visual >= layout.n_2d] - layout.n_2d).tolist(),
             tokens_reused=run.n_reused,
         )
-        self.step_index += 1
+        self._episode_steps[self.pruner] = ctx.step_index + 1
         return actions, stats
 
     def _check_reuse(

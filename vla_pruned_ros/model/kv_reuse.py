@@ -36,7 +36,7 @@ class LayerKV:
             or not bool(torch.equal(self.positions[rows], wanted))
         ):
             raise ValueError('asked to reuse positions the cache does not hold at every layer')
-        return LayerKV(wanted, self.keys[:, :, rows], self.values[:, :, rows])
+        return LayerKV(wanted, self.keys.index_select(2, rows), self.values.index_select(2, rows))
 
 
 class KVCache:
@@ -111,7 +111,7 @@ class StepKV:
         self.mask: Optional[torch.Tensor] = None
         self.last_keys: Optional[torch.Tensor] = None
         self._order: Optional[torch.Tensor] = None
-        self._positions: Optional[torch.Tensor] = None
+        self._visual_keys = 0
 
     @property
     def reusing(self) -> bool:
@@ -125,15 +125,16 @@ class StepKV:
 
     def set_positions(self, positions: torch.Tensor) -> None:
         """Original positions of the computed tokens (at the start and after each drop)."""
-        self._positions = positions
         if not self.reusing:
             self.key_positions = positions
-            return
-        merged = torch.cat([self.reused[0].positions.to(positions.device), positions])
-        self._order = torch.argsort(merged)
-        self.key_positions = merged[self._order]
-        # Causal by original position; True = may attend. Shared by heads and batch.
-        self.mask = (self.key_positions[None, :] <= positions[:, None])[None, None]
+        else:
+            merged = torch.cat([self.reused[0].positions.to(positions.device), positions])
+            self._order = torch.argsort(merged)
+            self.key_positions = merged[self._order]
+            # Causal by original position; True = may attend. Shared by heads and batch.
+            self.mask = (self.key_positions[None, :] <= positions[:, None])[None, None]
+        # Visual tokens come first in position order, so they are a leading slice of the keys.
+        self._visual_keys = int((self.key_positions < self.n_visual).sum())
 
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int,
@@ -143,12 +144,13 @@ class StepKV:
         if self.reusing:
             cached = self.reused[layer_idx]
             dtype = key_states.dtype
-            keys = torch.cat([cached.keys.to(dtype), key_states], dim=2)[:, :, self._order]
-            values = torch.cat([cached.values.to(dtype), value_states], dim=2)[:, :, self._order]
+            keys = torch.cat([cached.keys.to(dtype), key_states], dim=2).index_select(
+                2, self._order)
+            values = torch.cat([cached.values.to(dtype), value_states], dim=2).index_select(
+                2, self._order)
         else:
             keys, values = key_states, value_states
-        # Visual tokens come first in position order, so they are a leading slice.
-        n_visual = int((self.key_positions < self.n_visual).sum())
+        n_visual = self._visual_keys
         self.captured[layer_idx] = LayerKV(
             self.key_positions[:n_visual], keys[:, :, :n_visual], values[:, :, :n_visual]
         )

@@ -13,13 +13,23 @@ import numpy as np
 import torch
 
 
+def squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """
+    Squared distances between the points of ``a`` [..., n, 3] and ``b`` [..., m, 3].
+
+    Plain numpy broadcasting: for the few hundred points here it is faster than torch.cdist,
+    whose threaded kernel stalls on a busy CPU.
+    """
+    difference = np.asarray(a, np.float32)[..., :, None, :] - np.asarray(b, np.float32)[
+        ..., None, :, :]
+    return np.einsum('...i,...i->...', difference, difference)
+
+
 def nearest_centre(centres_now: np.ndarray, centres_before: np.ndarray) -> np.ndarray:
     """Index of the nearest earlier centre for every current centre (n_now,)."""
     if not len(centres_now) or not len(centres_before):
         return np.zeros(len(centres_now), np.int64)
-    distance = torch.cdist(torch.as_tensor(centres_now, dtype=torch.float32),
-                           torch.as_tensor(centres_before, dtype=torch.float32))
-    return distance.argmin(dim=1).numpy()
+    return squared_distances(centres_now, centres_before).argmin(axis=1)
 
 
 def carry_visual(

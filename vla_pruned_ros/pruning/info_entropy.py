@@ -31,8 +31,9 @@ What a pruned step does:
 
 The first step of an episode, any step after the instruction or layout changed, and steps
 with a budget of every token run in full and refresh the cache. A token's attention relevance
-is measured whenever it is computed or reused; a dropped token keeps its last measured value. VLA-Cache's layer-wise reuse
-ratio is not implemented: a reused token is reused at every layer.
+is measured whenever it is computed or reused; a dropped token keeps its last measured value.
+VLA-Cache's layer-wise reuse ratio is not implemented: a reused token is reused at every
+layer.
 """
 
 from dataclasses import dataclass
@@ -53,7 +54,7 @@ from vla_pruned_ros.pruning.base import (
     resolve_layer,
 )
 from vla_pruned_ros.pruning.budget import select_top_k
-from vla_pruned_ros.pruning.correspondence import carry_visual
+from vla_pruned_ros.pruning.correspondence import carry_visual, squared_distances
 
 ENTROPY_3D = ('eigen', 'distance')
 RELEVANCE = ('mass_focus', 'focus', 'mass')
@@ -190,10 +191,8 @@ def _minmax_per_modality(values: np.ndarray, n_2d: int) -> np.ndarray:
 
 def _chamfer(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Mean symmetric nearest-point distance between matching groups, (G, k, 3) each."""
-    distance = torch.cdist(torch.as_tensor(a, dtype=torch.float32),
-                           torch.as_tensor(b, dtype=torch.float32))
-    return (0.5 * (distance.min(dim=2).values.mean(dim=1)
-                   + distance.min(dim=1).values.mean(dim=1))).numpy()
+    distance = np.sqrt(squared_distances(a, b))
+    return 0.5 * (distance.min(axis=2).mean(axis=1) + distance.min(axis=1).mean(axis=1))
 
 
 @register_pruner

@@ -46,6 +46,7 @@ from vla_pruned_ros.pruning.base import (
     register_pruner,
 )
 from vla_pruned_ros.pruning.budget import select_top_k
+from vla_pruned_ros.pruning.correspondence import squared_distances
 from vla_pruned_ros.pruning.diversity import PICKED_BASE, diversity_scores
 
 VARIANTS = ('soft', 'hard')
@@ -231,9 +232,8 @@ class TiesPruner(Pruner):
         similarity = float(torch.nn.functional.cosine_similarity(now, before, dim=0))
         centres, anchor = ctx.layout.centres_3d, self._anchor_centres
         if len(centres) and anchor is not None and len(anchor):
-            distance = torch.cdist(torch.as_tensor(centres), torch.as_tensor(anchor))
-            chamfer = 0.5 * float(distance.min(dim=1).values.mean()
-                                  + distance.min(dim=0).values.mean())
+            distance = np.sqrt(squared_distances(centres, anchor))
+            chamfer = 0.5 * float(distance.min(axis=1).mean() + distance.min(axis=0).mean())
             similarity = min(similarity, float(np.exp(-chamfer / self.config.centre_scale_m)))
         return similarity
 

@@ -105,26 +105,44 @@ def _region_distribution(
     return sigma / max(sigma.sum(), 1e-12)
 
 
-def kmeans(features: torch.Tensor, k: int, iterations: int) -> torch.Tensor:
+def _squared_distances(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """Pairwise squared distances (numpy: at these sizes torch's thread start-up dominates)."""
+    return (
+        (points * points).sum(axis=1, keepdims=True)
+        - 2.0 * points @ centres.T
+        + (centres * centres).sum(axis=1)[None, :]
+    )
+
+
+def nearest_indices(points: np.ndarray, references: np.ndarray) -> np.ndarray:
+    """Index of the nearest reference point for every point (brute force, small sets)."""
+    return _squared_distances(
+        points.astype(np.float64), references.astype(np.float64)
+    ).argmin(axis=1)
+
+
+def kmeans(features: np.ndarray, k: int, iterations: int) -> np.ndarray:
     """
     Deterministic k-means (farthest-point initialisation) returning a label per row.
 
     Small and dependency-free on purpose: it runs every step on a few hundred tokens.
     """
+    features = np.asarray(features, dtype=np.float64)
     n = features.shape[0]
     k = min(k, n)
-    centres = [features.mean(dim=0)]
+    centres = [features.mean(axis=0)]
     for _ in range(k - 1):
-        distance = torch.cdist(features, torch.stack(centres)).min(dim=1).values
-        centres.append(features[int(torch.argmax(distance))])
-    centres = torch.stack(centres)
-    labels = torch.zeros(n, dtype=torch.int64)
+        distance = _squared_distances(features, np.stack(centres)).min(axis=1)
+        centres.append(features[int(np.argmax(distance))])
+    centres = np.stack(centres)
+    labels = np.zeros(n, dtype=np.int64)
     for _ in range(iterations):
-        labels = torch.cdist(features, centres).argmin(dim=1)
-        for cluster in range(k):
-            members = features[labels == cluster]
-            if members.numel():
-                centres[cluster] = members.mean(dim=0)
+        labels = _squared_distances(features, centres).argmin(axis=1)
+        counts = np.bincount(labels, minlength=k)
+        sums = np.zeros_like(centres)
+        np.add.at(sums, labels, features)
+        filled = counts > 0
+        centres[filled] = sums[filled] / counts[filled, None]
     return labels
 
 
@@ -167,6 +185,7 @@ class TriStagePruner(Pruner):
         self._attention_3d: Optional[np.ndarray] = None
         self._new_segment = True
         self._pruned_steps = 0
+        self._previous_of_3d: Optional[np.ndarray] = None  # current group -> previous group
         self.last_shift = 0.0
 
     # ------------------------------------------------------------------------------ plan
@@ -176,6 +195,10 @@ class TriStagePruner(Pruner):
     def plan(self, ctx: StepContext) -> StepPlan:
         """Full step at segment starts; else stage 1 before the decoder, stage 2 at layer K."""
         cfg = self.config
+        # Map this step's 3D groups to the previous step's once; every carried quantity uses it.
+        self._previous_of_3d = None
+        if self._centres_3d is not None and len(self._centres_3d) and ctx.layout.n_3d:
+            self._previous_of_3d = nearest_indices(ctx.layout.centres_3d, self._centres_3d)
         probes = {self._probe()} if cfg.stage2 else set()
         forced = cfg.max_segment_steps and self._pruned_steps >= cfg.max_segment_steps
         if ctx.target >= ctx.layout.n_visual or self._new_segment or forced:
@@ -184,14 +207,11 @@ class TriStagePruner(Pruner):
         return StepPlan(probes=probes, prune_layers=layers, final_hidden=True)
 
     # ---------------------------------------------------------------------------- stage 1
-    def _carried_3d(
-        self, values: Optional[np.ndarray], centres: np.ndarray
-    ) -> Optional[np.ndarray]:
-        """Transfer a per-group quantity from the previous groups by nearest centre."""
-        if values is None or self._centres_3d is None or not len(self._centres_3d):
+    def _carried_3d(self, values: Optional[np.ndarray]) -> Optional[np.ndarray]:
+        """Transfer a per-group quantity from the previous step's groups by nearest centre."""
+        if values is None or self._previous_of_3d is None:
             return None
-        distance = torch.cdist(torch.as_tensor(centres), torch.as_tensor(self._centres_3d))
-        return values[distance.argmin(dim=1).numpy()]
+        return values[self._previous_of_3d]
 
     def _modality_split(self, ctx: StepContext, count: int) -> tuple:
         """Split ``count`` tokens between 2D and 3D from the smoothed salience shares."""
@@ -215,7 +235,7 @@ class TriStagePruner(Pruner):
             count = min(layout.n_visual, int(round(ctx.target * (1 + self.config.stage2_slack))))
         if count >= layout.n_visual:
             return None
-        salience_3d = self._carried_3d(self._salience_3d, layout.centres_3d)
+        salience_3d = self._carried_3d(self._salience_3d)
         if self._salience_2d is None or salience_3d is None:
             return None
         k_2d, k_3d = self._modality_split(ctx, count)
@@ -243,8 +263,8 @@ class TriStagePruner(Pruner):
         bonus = torch.zeros(layout.n_visual)
         if not (self.config.stage2 and self.config.stage3) or self._labels_2d is None:
             return bonus
-        labels_3d = self._carried_3d(self._labels_3d, layout.centres_3d)
-        attention_3d = self._carried_3d(self._attention_3d, layout.centres_3d)
+        labels_3d = self._carried_3d(self._labels_3d)
+        attention_3d = self._carried_3d(self._attention_3d)
         if labels_3d is None:
             return bonus
         for offset, labels, attention, quota in (
@@ -268,29 +288,23 @@ class TriStagePruner(Pruner):
         one the action queries attend to most is 'robot', the last is 'background' [G].
         """
         layout = ctx.layout
-        keys = probe.key_positions.cpu()
+        keys = probe.key_positions.cpu().numpy()
         visual = keys < layout.n_visual
-        weights = probe.weights.cpu()[:, visual]
-        weights = weights / weights.sum(dim=1, keepdim=True).clamp_min(1e-12)
-        descriptor = torch.log(weights.T + 1e-6)
-        labels = kmeans(descriptor, 3, self.config.kmeans_iterations)
-        text_rows = probe.query_positions.cpu() < layout.n_visual + layout.n_text
-        from_text = weights[text_rows].mean(dim=0) if text_rows.any() else weights.mean(dim=0)
-        from_action = weights[~text_rows].mean(dim=0) if (~text_rows).any() else from_text
+        weights = probe.weights.float().cpu().numpy()[:, visual].astype(np.float64)
+        weights = weights / np.maximum(weights.sum(axis=1, keepdims=True), 1e-12)
+        labels = kmeans(np.log(weights.T + 1e-6), 3, self.config.kmeans_iterations)
+        text_rows = probe.query_positions.cpu().numpy() < layout.n_visual + layout.n_text
+        from_text = weights[text_rows].mean(axis=0) if text_rows.any() else weights.mean(axis=0)
+        from_action = weights[~text_rows].mean(axis=0) if (~text_rows).any() else from_text
         clusters = [c for c in range(int(labels.max()) + 1) if (labels == c).any()]
-        region = torch.full_like(labels, BACKGROUND)
+        region = np.full_like(labels, BACKGROUND)
         object_cluster = max(clusters, key=lambda c: float(from_text[labels == c].mean()))
         region[labels == object_cluster] = OBJECT
         rest = [c for c in clusters if c != object_cluster]
         if len(rest) > 1:
             robot_cluster = max(rest, key=lambda c: float(from_action[labels == c].mean()))
             region[labels == robot_cluster] = ROBOT
-        received = weights.mean(dim=0)
-        return {
-            'positions': keys[visual].numpy(),
-            'region': region.numpy(),
-            'received': received.numpy(),
-        }
+        return {'positions': keys[visual], 'region': region, 'received': weights.mean(axis=0)}
 
     def at_layer(self, ctx: StepContext, state: RunState) -> Optional[torch.Tensor]:
         """Stage 2: protect robot/object tokens, drop 3D tokens a kept 2D patch covers."""
@@ -298,7 +312,7 @@ class TriStagePruner(Pruner):
         analysis = self._semantic_analysis(ctx, state.probes[self._probe()])
         ctx.extras['semantic'] = analysis
         positions = torch.as_tensor(analysis['positions'])
-        received = torch.as_tensor(analysis['received'])
+        received = torch.as_tensor(analysis['received'], dtype=torch.float32)
         region = torch.as_tensor(analysis['region'])
         n_present = positions.numel()
         if n_present <= ctx.target:
@@ -342,7 +356,7 @@ class TriStagePruner(Pruner):
         # Per-token salience: L1 norm of the final-layer feature, per hidden unit [S].
         salience = outcome.final_hidden.float().abs().mean(dim=-1).cpu().numpy()
         is_3d = (kept >= layout.n_2d).numpy()
-        previous_3d = self._carried_3d(self._salience_3d, layout.centres_3d)
+        previous_3d = self._carried_3d(self._salience_3d)
         token_2d = self._salience_2d.copy() if self._salience_2d is not None else None
         token_3d = previous_3d.copy() if previous_3d is not None else None
         if token_2d is None or token_3d is None:
@@ -384,8 +398,8 @@ class TriStagePruner(Pruner):
         attention_2d = (
             self._attention_2d if self._attention_2d is not None else np.zeros(layout.n_2d)
         )
-        labels_3d = self._carried_3d(self._labels_3d, layout.centres_3d)
-        attention_3d = self._carried_3d(self._attention_3d, layout.centres_3d)
+        labels_3d = self._carried_3d(self._labels_3d)
+        attention_3d = self._carried_3d(self._attention_3d)
         if labels_3d is None:
             labels_3d, attention_3d = np.zeros(layout.n_3d, int), np.zeros(layout.n_3d)
         is_3d = positions >= layout.n_2d

@@ -53,7 +53,8 @@ def wilson_interval(successes: int, trials: int, z: float = WILSON_Z) -> tuple[f
     denominator = 1 + z * z / trials
     centre = (p + z * z / (2 * trials)) / denominator
     half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denominator
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # Rounding must not push a bound past the observed rate (at 0 or ``trials`` successes).
+    return max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half))
 
 
 @dataclass
@@ -299,8 +300,8 @@ def plot(report: EvalReport, path: 'str | Path') -> None:
                            key=lambda c: c.tokens_kept_mean)
             x = [c.tokens_kept_mean for c in cells]
             y = [c.success_rate for c in cells]
-            error = [[c.success_rate - c.ci_low for c in cells],
-                     [c.ci_high - c.success_rate for c in cells]]
+            error = [[max(0.0, c.success_rate - c.ci_low) for c in cells],
+                     [max(0.0, c.ci_high - c.success_rate) for c in cells]]
             axis.errorbar(x, y, yerr=error, marker='o', capsize=3, label=pruner)
         axis.set_title(family)
         axis.set_xlabel('visual tokens kept (mean per step)')

@@ -21,7 +21,7 @@ Output directory::
     cache/               precomputed per-bag inputs (safe to delete)
 """
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 import json
 import math
 import os
@@ -81,7 +81,6 @@ class TrainConfig:
     threads: int = 0
     resume: bool = False
     progress: bool = True
-    extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
         """Raise ``TrainError`` for values that cannot train."""
