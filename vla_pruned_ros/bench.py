@@ -146,7 +146,10 @@ def _summarise(config: BenchConfiguration, stats: list, peak_mb: Optional[float]
         return [getattr(s, name) for s in stats]
 
     latency = column('latency_ms')
-    flops_dense, flops_actual = np.mean(column('flops_dense')), np.mean(column('flops_actual'))
+    # Medians, like the latencies they are compared with: a pruner's occasional full step
+    # (episode start, new segment) moves the mean but not the typical step.
+    flops_dense = np.median(column('flops_dense'))
+    flops_actual = np.median(column('flops_actual'))
     return {
         'label': config.label,
         'pruner': config.pruner,
