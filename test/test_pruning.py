@@ -14,7 +14,9 @@ from vla_pruned_ros.pruning import (
     select_top_k,
 )
 
-PRUNING = [name for name in available_pruners() if name != 'dense']
+# The framework's own pruners; test_methods_framework.py runs the same contract (and more) over
+# ties, vla_pruner, info_entropy and safe.
+PRUNING = ['random', 'fastv', 'tri_stage']
 
 
 @pytest.fixture(scope='module')
@@ -207,6 +209,12 @@ def test_tri_stage_modality_split_follows_salience(policy):
     quota_2d, quota_3d = stats.stages[0][1], stats.stages[0][2]
     assert (quota_2d > quota_3d) == (share_2d > share_3d)
     assert quota_2d == pytest.approx(40 * share_2d, abs=1)
+
+
+def test_every_registered_pruner_is_covered_by_a_contract_test():
+    from test_methods_framework import METHODS
+
+    assert set(available_pruners()) == {'dense', *PRUNING, *METHODS}
 
 
 def test_unknown_pruner_and_config_are_rejected(policy):
