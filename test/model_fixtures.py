@@ -34,3 +34,25 @@ def micro_config():
     config.vision = replace(config.vision, image_size=32, patch_size=8)
     config.points = replace(config.points, num_points=128, num_groups=16, group_size=8)
     return config
+
+
+def check_budget_contract(stats, tokens: int, floors: dict, n_2d: int = 16,
+                          n_visual: int = 32) -> bool:
+    """
+    Assert the framework's contract on one step; return True when the step was pruned.
+
+    Kept indices are valid, unique and sorted; a full step keeps every token and reuses none;
+    a pruned step computes exactly ``tokens`` visual tokens and honours the floors.
+    """
+    kept = stats.kept_2d + [n_2d + i for i in stats.kept_3d]
+    assert kept == sorted(set(kept))
+    assert all(0 <= i < n_visual for i in kept)
+    if stats.full_step:
+        assert stats.tokens_kept == n_visual and stats.tokens_reused == 0
+        return False
+    assert stats.tokens_kept == tokens, (stats.pruner, tokens, stats.stages)
+    assert stats.tokens_kept + stats.tokens_reused <= n_visual
+    if floors:
+        assert stats.tokens_2d_kept >= floors['floor_2d']
+        assert stats.tokens_3d_kept >= floors['floor_3d']
+    return True

@@ -5,7 +5,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from model_fixtures import make_observation, micro_config
+from model_fixtures import check_budget_contract, make_observation, micro_config
 from vla_pruned_ros.policy import Policy
 from vla_pruned_ros.pruning import Budget, available_pruners, create_pruner
 
@@ -38,18 +38,7 @@ def test_budget_met_exactly_at_every_budget(micro_policy, name):
                          pruner_config=SWEEP_CONFIG.get(name))
         policy.reset()
         for observation in observations:
-            _, stats = policy.step(observation)
-            kept = stats.kept_2d + [16 + i for i in stats.kept_3d]
-            assert kept == sorted(set(kept))
-            assert all(0 <= i < n_visual for i in kept)
-            if stats.full_step:
-                assert stats.tokens_kept == n_visual and stats.tokens_reused == 0
-                continue
-            pruned += 1
-            assert stats.tokens_kept == tokens, (name, tokens, stats.stages)
-            assert stats.tokens_kept + stats.tokens_reused <= n_visual
-            if floors:
-                assert stats.tokens_2d_kept >= 2 and stats.tokens_3d_kept >= 2
+            pruned += check_budget_contract(policy.step(observation)[1], tokens, floors)
     assert pruned >= n_visual - 1  # every budget below all tokens pruned at least once
 
 
