@@ -15,6 +15,8 @@ def test_budget_parsing_and_labels():
     assert BenchConfiguration('tri_stage', 0.25).label == 'tri_stage@0.25'
     assert BenchConfiguration('fastv', 128).make_budget().tokens == 128
     assert BenchConfiguration('dense').make_budget().is_dense
+    configuration = BenchConfiguration('info_entropy', 0.25, {'reuse': False, 'k1': 0.6})
+    assert configuration.label == 'info_entropy:reuse=false,k1=0.6@0.25'
 
 
 def test_roofline_bound_caps_speedup_by_weight_reads():
@@ -43,3 +45,24 @@ def test_bench_command_on_tiny_preset(tmp_path):
         assert row['flops_ideal_speedup'] == pytest.approx(1 / row['flops_ratio'])
     assert '| tri_stage@0.5 |' in (out / 'bench.md').read_text()
     assert (out / 'bench.png').read_bytes()[:4] == b'\x89PNG'
+
+
+def test_bench_pruner_options_make_separate_rows(tmp_path):
+    out = tmp_path / 'bench'
+    code = main(['bench', '--preset', 'tiny', '--device', 'cpu', '--dtype', 'fp32', '--steps',
+                 '3', '--warmup', '1', '--pruners', 'info_entropy', 'info_entropy:reuse=false',
+                 '--budgets', '0.25', '--out', str(out), '--no-progress'])
+    assert code == 0
+    rows = {row['label']: row for row in json.loads((out / 'bench.json').read_text())['rows']}
+    assert set(rows) == {'dense', 'info_entropy@0.25', 'info_entropy:reuse=false@0.25'}
+    without = rows['info_entropy:reuse=false@0.25']
+    assert without['options'] == {'reuse': False} and without['tokens_reused'] == 0
+    assert without['spec'] == 'info_entropy:reuse=false'
+
+
+@pytest.mark.parametrize('spec', ['nope', 'fastv:no_such=1', 'fastv:layer=two'])
+def test_bench_rejects_bad_pruner_specs_before_loading_a_model(tmp_path, capsys, spec):
+    code = main(['bench', '--preset', 'tiny', '--pruners', spec, '--out', str(tmp_path)])
+    assert code == 2
+    assert 'error' in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())

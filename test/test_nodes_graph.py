@@ -203,6 +203,15 @@ def test_budget_change_through_the_parameter_service(graph):
                      STEP_TIMEOUT_S, 'a periodic dense step')
     assert dense[-1].tokens_2d_kept + dense[-1].tokens_3d_kept == 96
 
+    # per-pruner options are validated and applied to the active pruner at the next step
+    results = set_parameters(g, pruner_options='random:seed=7;info_entropy:reuse=false')
+    assert results[0].successful, results[0].reason
+    assert get_parameter(g, 'pruner_options') == 'random:seed=7;info_entropy:reuse=false'
+    applied = time.monotonic()
+    wait_for(lambda: [s for s in g.messages('pruning_stats', applied) if s.pruner == 'random'],
+             STEP_TIMEOUT_S, 'stats after the options change',
+             tick=lambda: _check_alive(g.processes))
+
     assert set_parameters(g, output_mode='pose')[0].successful
     switched = time.monotonic()
     poses = wait_for(lambda: g.messages('cmd_pose', switched), STEP_TIMEOUT_S, 'pose targets')
@@ -221,6 +230,8 @@ def test_budget_change_through_the_parameter_service(graph):
         ({'keep_ratio': 1.5}, ''),
         ({'floor_2d': 15, 'floor_3d': 15}, 'floors'),
         ({'tri_stage_stage1': False, 'tri_stage_stage2': False}, 'stage1 or stage2'),
+        ({'pruner_options': 'random:no_such=1'}, "unknown option 'no_such'"),
+        ({'pruner_options': 'random:seed=7;random:seed=8'}, 'appears twice'),
         ({'axis_limit': [0.1, 0.1]}, 'axis_limit must hold 6'),
         ({'output_mode': 'joints'}, 'output_mode'),
         ({'device': 'cuda'}, ''),

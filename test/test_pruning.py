@@ -181,12 +181,29 @@ def test_tri_stage_segmentation_needs_stage3(policy):
     observations = [make_observation(seed) for seed in range(6)]
     budget = Budget(keep_ratio=0.25)
     for stage3, expect_full_again in ((True, True), (False, False)):
-        policy.configure('tri_stage', budget,
-                         pruner_config={'stage3': stage3, 'shift_threshold': 0.0})
+        policy.configure('tri_stage', budget, pruner_config={
+            'stage3': stage3, 'shift_threshold': 0.0, 'min_segment_steps': 1})
         policy.reset()
         full = [policy.step(observation)[1].full_step for observation in observations]
         assert full[0] and not full[1]
         assert any(full[2:]) == expect_full_again
+
+
+def test_tri_stage_segments_last_at_least_min_segment_steps(policy):
+    """Shifts on every step (threshold 0) open a segment only every min_segment_steps."""
+    observations = [make_observation(seed) for seed in range(10)]
+    for min_steps in (1, 3):
+        policy.configure('tri_stage', Budget(keep_ratio=0.25), pruner_config={
+            'shift_threshold': 0.0, 'min_segment_steps': min_steps})
+        policy.reset()
+        full = [policy.step(observation)[1].full_step for observation in observations]
+        starts = [index for index, value in enumerate(full) if value]
+        assert starts[0] == 0
+        # every segment runs min_steps pruned steps before the next full step
+        assert all(b - a - 1 >= min_steps for a, b in zip(starts, starts[1:]))
+        assert len(starts) >= (2 if min_steps == 3 else 3)
+    with pytest.raises(ValueError, match='min_segment_steps'):
+        create_pruner('tri_stage', min_segment_steps=0)
 
 
 def test_tri_stage_modality_split_follows_salience(policy):

@@ -73,9 +73,20 @@ def test_evaluate_covers_every_cell_and_writes_the_report(policy, tmp_path):
     assert table == markdown_table(report) and '| random @ 0.25 | reach |' in table
 
 
+def test_pruner_specs_are_cells_of_their_own(policy):
+    report = evaluate(policy, ['random', 'random:seed=3'], [0.25], families=['reach'],
+                      episodes=1, split='heldout', execute_steps=8)
+    assert [c.pruner for c in report.cells] == ['random', 'random:seed=3']
+    assert policy.pruner.config.seed == 3  # the spec's setting reached the pruner
+
+
 def test_bad_requests_are_refused(policy):
-    with pytest.raises(EvalError, match='unknown or no pruners'):
+    with pytest.raises(EvalError, match='unknown pruner'):
         evaluate(policy, ['no_such_pruner'], [0.5], episodes=1)
+    with pytest.raises(EvalError, match='no pruners given'):
+        evaluate(policy, [], [0.5], episodes=1)
+    with pytest.raises(EvalError, match="unknown option 'nope'"):
+        evaluate(policy, ['random:nope=1'], [0.5], episodes=1)
     with pytest.raises(EvalError, match='unknown or no families'):
         evaluate(policy, ['dense'], [0.5], families=['stack'], episodes=1)
     with pytest.raises(EvalError, match='keep ratios'):

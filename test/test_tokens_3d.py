@@ -12,6 +12,8 @@ from vla_pruned_ros.tokens.points_3d import (
     PointTokenizerConfig,
     TokenizationError,
     knn_indices,
+    observation_groups,
+    point_colours,
     project_centres_to_patches,
     sample_groups,
 )
@@ -282,3 +284,92 @@ def test_centres_project_to_hand_computed_patches():
     )
     patches = project_centres_to_patches(centres, camera, (4, 4))
     assert patches.tolist() == [10, 0, 15, 13, 8, -1, -1, -1, -1]
+
+
+COLOUR = PointTokenizerConfig(num_points=256, num_groups=32, group_size=8, out_dim=16,
+                              colour=True)
+CAMERA = CameraIntrinsics(fx=40.0, fy=40.0, cx=19.5, cy=14.5, width=40, height=30)
+
+
+def test_point_colours_are_the_pixels_the_points_project_into():
+    rgb = np.zeros((30, 40, 3), np.uint8)
+    rgb[14, 19] = (255, 0, 0)
+    rgb[0, 39] = (0, 0, 255)
+    points = np.array([
+        [-0.5 / 40, -0.4 / 40, 1.0],        # pixel (19.0, 14.1) -> row 14, column 19
+        [19.9 / 40, -14.4 / 40, 1.0],       # pixel (39.4, 0.1) -> row 0, column 39
+        [0.0, 0.0, -1.0],                   # behind the camera
+        [5.0, 0.0, 1.0],                    # outside the image
+        [np.nan, 0.0, 1.0],
+    ])
+    colours = point_colours(points, rgb, CAMERA)
+    np.testing.assert_allclose(colours[0], [1, 0, 0])
+    np.testing.assert_allclose(colours[1], [0, 0, 1])
+    np.testing.assert_allclose(colours[2:], 0.5)
+    # the same view at twice the resolution gives the same colours
+    big = np.repeat(np.repeat(rgb, 2, axis=0), 2, axis=1)
+    big_colours = point_colours(points[:2], big, CAMERA)
+    assert (big_colours == colours[:2]).all()
+
+
+def test_coloured_groups_carry_their_points_colours():
+    # two separated clusters, red and blue: every neighbour keeps its own cluster's colour
+    rng = np.random.default_rng(0)
+    red = rng.normal([-0.3, 0.0, 1.0], 0.02, (300, 3))
+    blue = rng.normal([0.3, 0.0, 1.0], 0.02, (300, 3))
+    points = np.concatenate([red, blue]).astype(np.float32)
+    colours = np.concatenate([np.tile([1.0, 0, 0], (300, 1)), np.tile([0, 0, 1.0], (300, 1))])
+    groups = sample_groups(points, COLOUR, colours)
+    assert groups.neighbourhoods.shape == (32, 8, 6)
+    is_red = groups.centres[:, 0] < 0
+    assert is_red.any() and (~is_red).any()
+    assert (groups.neighbourhoods[is_red, :, 3:] == [1, 0, 0]).all()
+    assert (groups.neighbourhoods[~is_red, :, 3:] == [0, 0, 1]).all()
+    # geometry is unchanged by colour: the same groups as without it
+    plain = sample_groups(points, SMALL)
+    np.testing.assert_array_equal(groups.centres, plain.centres)
+    np.testing.assert_array_equal(groups.neighbourhoods[..., :3], plain.neighbourhoods)
+
+
+def test_colour_is_averaged_with_the_voxel_and_required_when_configured():
+    config = PointTokenizerConfig(num_points=2, num_groups=2, group_size=1, out_dim=8,
+                                  colour=True, voxel_size=0.1)
+    points = np.array([[0.01, 0, 1], [0.02, 0, 1], [0.51, 0, 1]], np.float32)
+    colours = np.array([[1.0, 0, 0], [0, 0, 1.0], [0, 1.0, 0]], np.float32)
+    groups = sample_groups(points, config, colours)
+    found = {tuple(np.round(c, 3)) for c in groups.neighbourhoods[:, 0, 3:]}
+    assert found == {(0.5, 0.0, 0.5), (0.0, 1.0, 0.0)}
+    with pytest.raises(TokenizationError, match='uses colour'):
+        sample_groups(points, config)
+    with pytest.raises(TokenizationError, match='uses colour'):
+        sample_groups(points, config, colours[:2])
+
+
+def test_observation_groups_colour_a_depth_image_from_its_rgb():
+    from vla_pruned_ros.observation import Observation
+
+    depth = np.full((30, 40), 1.0, np.float32)
+    rgb = np.zeros((30, 40, 3), np.uint8)
+    rgb[:, 20:] = (0, 255, 0)  # right half green
+    observation = Observation(rgb=rgb, depth=depth, intrinsics=CAMERA, stamp_ns=1,
+                              instruction='go', frame_id='camera')
+    groups = observation_groups(observation, COLOUR)
+    right = groups.centres[:, 0] > 0.02  # clear of the boundary column
+    assert right.any() and (groups.neighbourhoods[right, 0, 3:] == [0, 1, 0]).all()
+    assert observation_groups(observation, SMALL).neighbourhoods.shape[-1] == 3
+
+
+def test_coloured_encoder_sees_colour_and_keeps_subset_exactness():
+    torch.manual_seed(0)
+    encoder = PointEncoder3D(COLOUR).eval()
+    neighbourhoods = torch.randn(1, 5, 8, 6)
+    centres = torch.randn(1, 5, 3)
+    with torch.no_grad():
+        tokens = encoder(neighbourhoods, centres)
+        recoloured = neighbourhoods.clone()
+        recoloured[..., 3:] = 0.5
+        assert not torch.allclose(encoder(recoloured, centres), tokens)
+        torch.testing.assert_close(encoder(neighbourhoods[:, [1, 3]], centres[:, [1, 3]]),
+                                   tokens[:, [1, 3]])
+    with pytest.raises(TokenizationError, match='G, k, 6'):
+        encoder(neighbourhoods[..., :3], centres)

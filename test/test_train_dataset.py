@@ -8,7 +8,13 @@ import pytest
 from vla_pruned_ros.model.mvla import MultiModalVLA
 from vla_pruned_ros.model.presets import preset_config
 from vla_pruned_ros.sim.record import read_episode_metadata, record_episodes
-from vla_pruned_ros.train.dataset import DatasetError, find_bags, load_samples, read_episodes
+from vla_pruned_ros.train.dataset import (
+    DatasetError,
+    find_bags,
+    load_samples,
+    read_episodes,
+    target_position,
+)
 
 
 @pytest.fixture(scope='module')
@@ -67,6 +73,7 @@ def test_samples_hold_the_model_inputs_and_are_cached(bag, model, tmp_path):
     assert len(cached) == 1
     again = load_samples([bag], model, cache_dir=tmp_path)
     np.testing.assert_array_equal(again.centres, samples.centres)
+    np.testing.assert_array_equal(again.target_xy, samples.target_xy)
     assert again.instructions == samples.instructions
     # Another input configuration must not reuse those inputs.
     other = preset_config('tiny')
@@ -98,3 +105,17 @@ def test_paths_that_are_not_demonstration_bags_are_refused(tmp_path):
         writer.write(connection, 1, typestore.serialize_cdr(msg, 'std_msgs/msg/String'))
     with pytest.raises(DatasetError, match='lacks the demonstration topics'):
         list(read_episodes(path))
+
+
+def test_target_offsets_come_from_the_episode_metadata(bag, model):
+    samples = load_samples([bag], model)
+    frames = [(e, f) for e in read_episodes(bag) for f in e.frames]
+    for row, (episode, frame) in enumerate(frames):
+        target = next(o for o in episode.metadata['objects']
+                      if f"{o['colour']} {o['shape']}" == episode.metadata['target'])
+        expected = np.array([target['x'], target['y']]) - frame.observation.ee_pose[:2]
+        np.testing.assert_allclose(samples.target_xy[row], expected, atol=1e-5)
+    # bags from elsewhere have no such metadata: the label is unknown, not zero
+    assert np.isnan(target_position({})).all()
+    assert np.isnan(target_position({'target': 'red cube', 'objects': [
+        {'colour': 'blue', 'shape': 'cube', 'x': 0.1, 'y': 0.2}]})).all()

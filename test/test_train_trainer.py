@@ -15,7 +15,14 @@ from vla_pruned_ros.policy import Policy
 from vla_pruned_ros.sim.record import read_episode_metadata, record_episodes
 from vla_pruned_ros.tokens.layout import TokenLayout
 from vla_pruned_ros.train.dataset import read_episodes
-from vla_pruned_ros.train.trainer import TrainConfig, TrainError, action_statistics, forward, train
+from vla_pruned_ros.train.trainer import (
+    TrainConfig,
+    TrainError,
+    action_statistics,
+    forward,
+    train,
+    warm_start,
+)
 
 
 @pytest.fixture(scope='module')
@@ -125,3 +132,52 @@ def test_train_command(bag, tmp_path, capsys):
     assert main(['train', '--data', str(tmp_path / 'missing'), '--out', str(tmp_path / 'x'),
                  '--no-progress']) == 2
     assert 'not a rosbag2 folder' in capsys.readouterr().err
+
+
+def test_warm_start_widens_the_point_encoder_for_colour_without_changing_its_output():
+    torch.manual_seed(0)
+    source = MultiModalVLA(preset_config('tiny')).eval()
+    config = preset_config('tiny')
+    config.points.colour = True
+    model = MultiModalVLA(config).eval()
+    report = warm_start(model, source)
+    assert report['widened'] == ['point_encoder.point_mlp.0.weight']
+    assert not report['skipped']
+    geometry = torch.randn(1, 32, 16, 3) * 0.01
+    colours = torch.rand(1, 32, 16, 3)
+    centres = torch.randn(1, 32, 3)
+    with torch.no_grad():
+        before = source.encode_3d(geometry, centres)
+        after = model.encode_3d(torch.cat([geometry, colours], dim=-1), centres)
+    torch.testing.assert_close(after, before)
+
+
+def test_init_from_starts_a_new_run_from_a_model(bag, tmp_path):
+    first = train(_config(bag, tmp_path / 'first', steps=2))
+    second = train(_config(bag, tmp_path / 'second', steps=2, init_from=str(first.model_dir)))
+    record = json.loads((tmp_path / 'second' / 'log.jsonl').read_text().splitlines()[0])
+    assert record['init_from'] == str(first.model_dir)
+    assert record['copied'] > 0 and record['widened'] == [] and record['skipped'] == []
+    source = Policy.from_pretrained(str(first.model_dir), device='cpu')
+    started = Policy.from_pretrained(str(second.model_dir), device='cpu')
+    assert source.tokenizer.get_vocab() == started.tokenizer.get_vocab()
+    np.testing.assert_array_equal(source.model.action_std.numpy(),
+                                  started.model.action_std.numpy())
+    with pytest.raises(TrainError, match='cannot be combined'):
+        train(_config(bag, tmp_path / 'second', steps=4, resume=True,
+                      init_from=str(first.model_dir)))
+
+
+def test_auxiliary_localisation_loss_is_trained_logged_and_resumed(bag, tmp_path):
+    out = tmp_path / 'aux'
+    train(_config(bag, out, steps=2, aux_weight=1.0))
+    log = [json.loads(line) for line in (out / 'log.jsonl').read_text().splitlines()]
+    assert all(np.isfinite(r['aux_loss']) and r['aux_loss'] > 0 for r in log)
+    assert 'aux_probe' in torch.load(out / 'training_state.pt', weights_only=False)
+    with pytest.raises(TrainError, match='with the auxiliary loss'):
+        train(_config(bag, out, steps=4, resume=True))
+    assert train(_config(bag, out, steps=4, resume=True, aux_weight=1.0)).step == 4
+    # the probe is a training aid: the saved model is the plain policy
+    assert not any('probe' in name for name in load_file(out / 'model' / 'model.safetensors'))
+    with pytest.raises(TrainError, match='aux_weight'):
+        train(_config(bag, tmp_path / 'bad', aux_weight=-1.0))

@@ -35,12 +35,19 @@ class BenchConfiguration:
     options: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def spec(self) -> str:
+        """The pruner with its options, e.g. 'info_entropy:reuse=false' (see pruning.spec)."""
+        from vla_pruned_ros.pruning.spec import PrunerSpec
+
+        return PrunerSpec(self.pruner, self.options).label
+
+    @property
     def label(self) -> str:
-        """Row label, e.g. 'tri_stage@0.25' or 'fastv@128'."""
+        """Row label, e.g. 'tri_stage@0.25', 'fastv@128' or 'info_entropy:reuse=false@0.25'."""
         if self.budget is None:
-            return self.pruner
+            return self.spec
         value = f'{self.budget:g}' if self.budget <= 1 else str(int(self.budget))
-        return f'{self.pruner}@{value}'
+        return f'{self.spec}@{value}'
 
     def make_budget(self):
         """The :class:`Budget` of this configuration."""
@@ -92,6 +99,13 @@ def bag_observations(path: str, count: int, needs_pose: bool) -> list:
     if len(observations) < count:
         raise ValueError(f'{path} holds {len(observations)} observations, {count} needed')
     return observations
+
+
+def pruner_specs(values: Sequence[str]) -> list:
+    """Parse ``--pruners`` (names, ``name:key=value,...`` or ``all``) into PrunerSpecs."""
+    from vla_pruned_ros.pruning.spec import expand_all, parse_pruner_spec
+
+    return [parse_pruner_spec(value) for value in expand_all(values)]
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -153,6 +167,7 @@ def _summarise(config: BenchConfiguration, stats: list, peak_mb: Optional[float]
     return {
         'label': config.label,
         'pruner': config.pruner,
+        'spec': config.spec,
         'budget': config.budget,
         'options': config.options,
         'steps': len(stats),
@@ -161,6 +176,8 @@ def _summarise(config: BenchConfiguration, stats: list, peak_mb: Optional[float]
         'tokens_kept': float(np.mean([s.tokens_kept for s in stats])),
         'tokens_2d_kept': float(np.mean(column('tokens_2d_kept'))),
         'tokens_3d_kept': float(np.mean(column('tokens_3d_kept'))),
+        # visual tokens whose keys/values came from an earlier step (KV reuse), mean per step
+        'tokens_reused': float(np.mean(column('tokens_reused'))),
         'latency_ms_p50': _percentile(latency, 50),
         'latency_ms_p90': _percentile(latency, 90),
         'tokenize_ms_p50': _percentile(column('tokenize_ms'), 50),
@@ -219,10 +236,10 @@ def plot(result: dict[str, Any], path: str) -> None:
 
     figure, axes = plt.subplots(figsize=(7, 4.5))
     rows = [row for row in result['rows'] if row['pruner'] != 'dense']
-    for pruner in sorted({row['pruner'] for row in rows}):
-        mine = sorted((r for r in rows if r['pruner'] == pruner), key=lambda r: r['tokens_kept'])
+    for spec in sorted({row['spec'] for row in rows}):
+        mine = sorted((r for r in rows if r['spec'] == spec), key=lambda r: r['tokens_kept'])
         axes.plot([r['tokens_kept'] for r in mine], [r['speedup'] for r in mine], 'o-',
-                  label=f'{pruner} (measured)')
+                  label=f'{spec} (measured)')
     ideal = sorted(rows, key=lambda r: r['tokens_kept'])
     axes.plot([r['tokens_kept'] for r in ideal], [r['flops_ideal_speedup'] for r in ideal], 'k--',
               label='FLOPs-ideal')
@@ -258,7 +275,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument('--model', help='model directory instead of a preset')
     parser.add_argument('--device', default='auto', help='cpu, cuda, cuda:N or auto')
     parser.add_argument('--dtype', default='bf16', choices=('fp32', 'bf16', 'fp16'))
-    parser.add_argument('--pruners', nargs='+', default=['tri_stage', 'fastv', 'random'])
+    parser.add_argument('--pruners', nargs='+', default=['tri_stage', 'fastv', 'random'],
+                        help='pruner names, or name:key=value,... to override config fields '
+                             '(e.g. info_entropy:reuse=false); "all" = every registered one')
     parser.add_argument('--budgets', nargs='+', default=['0.5', '0.25', '0.125'],
                         help='keep ratios (<= 1) or token counts (> 1)')
     parser.add_argument('--steps', type=int, default=10, help='timed steps per configuration')
@@ -279,9 +298,14 @@ def run(args: argparse.Namespace) -> int:
 
     from vla_pruned_ros.policy import Policy
 
+    try:
+        budgets = parse_budgets(args.budgets)
+        specs = pruner_specs(args.pruners)
+    except (argparse.ArgumentTypeError, ValueError) as err:
+        print(f'vla-pruned-ros bench: error: {err}', file=sys.stderr)
+        return 2
     if args.threads:
         torch.set_num_threads(args.threads)
-    budgets = parse_budgets(args.budgets)
     started = time.time()
     if args.model:
         policy = Policy.from_pretrained(args.model, device=args.device, dtype=args.dtype)
@@ -294,7 +318,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         observations = sim_observations(count, policy.config.vision.image_size, seed=args.seed)
     configurations = [BenchConfiguration('dense')] + [
-        BenchConfiguration(pruner, budget) for pruner in args.pruners for budget in budgets
+        BenchConfiguration(spec.name, budget, spec.options)
+        for spec in specs if spec.name != 'dense' for budget in budgets
     ]
     result = run_benchmark(policy, observations, configurations, args.warmup,
                            progress=not args.no_progress)

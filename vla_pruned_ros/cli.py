@@ -17,6 +17,7 @@ from typing import Optional
 SUBCOMMANDS = {
     'demo': 'vla_pruned_ros.demo',
     'bench': 'vla_pruned_ros.bench',
+    'compare': 'vla_pruned_ros.compare',
     'sim': 'vla_pruned_ros.sim.cli',
     'up': 'vla_pruned_ros.nodes.up',
     'play': 'vla_pruned_ros.nodes.player',

@@ -31,7 +31,7 @@ from vla_pruned_ros.observation import Observation
 from vla_pruned_ros.pruning import Budget, Pruner, StepContext, StepOutcome, create_pruner
 from vla_pruned_ros.stats import StepStats
 from vla_pruned_ros.tokens.layout import TokenLayout
-from vla_pruned_ros.tokens.points_3d import project_centres_to_patches, sample_groups
+from vla_pruned_ros.tokens.points_3d import observation_groups, project_centres_to_patches
 
 
 class PrunerContractError(RuntimeError):
@@ -182,7 +182,7 @@ class Policy:
 
         pixel_values = model.vision.preprocess(observation.rgb).to(self.device, self.dtype)
         features_2d = model.encode_2d(pixel_values)[0]
-        groups = sample_groups(observation.cloud(), config.points)
+        groups = observation_groups(observation, config.points)
         grid = model.vision.grid_size
         if observation.intrinsics is not None:
             patch_of_3d = project_centres_to_patches(groups.centres, observation.intrinsics, grid)
@@ -212,7 +212,7 @@ class Policy:
             pixel_values=pixel_values,
             generator=torch.Generator().manual_seed(self.step_index),
             rgb=observation.rgb,
-            neighbourhoods_3d=groups.neighbourhoods,
+            neighbourhoods_3d=groups.neighbourhoods[..., :3],  # geometry (colour follows)
             num_layers=self.runner.num_layers,
         )
 

@@ -41,7 +41,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument('bags', nargs='+', metavar='BAG', help='rosbag2 folder or .mcap/.db3')
     parser.add_argument('--out', default='eval_results', help='output directory')
     parser.add_argument('--pruners', nargs='+', default=['tri_stage', 'fastv', 'random'],
-                        help='pruners to compare with dense (dense always runs)')
+                        help='pruners to compare with dense (dense always runs): names, '
+                             'name:key=value,... (config overrides) or "all"')
     parser.add_argument('--budgets', nargs='+', default=['0.5', '0.25', '0.125'],
                         help='keep ratios (<= 1) or token counts (> 1)')
     model = parser.add_mutually_exclusive_group()
@@ -107,21 +108,19 @@ def _load_policy(args: argparse.Namespace) -> tuple[Any, str]:
 
 
 def _configurations(args: argparse.Namespace) -> list:
-    from vla_pruned_ros.bench import BenchConfiguration, parse_budgets
+    from vla_pruned_ros.bench import BenchConfiguration, parse_budgets, pruner_specs
     from vla_pruned_ros.eval.errors import EvalError
-    from vla_pruned_ros.pruning import create_pruner
 
     try:
         budgets = parse_budgets(args.budgets)
     except (argparse.ArgumentTypeError, ValueError) as err:
         raise EvalError(str(err)) from None
-    for name in args.pruners:
-        try:
-            create_pruner(name)
-        except ValueError as err:
-            raise EvalError(str(err)) from None
-    return [BenchConfiguration(name, budget) for name in args.pruners if name != 'dense'
-            for budget in budgets]
+    try:
+        specs = pruner_specs(args.pruners)
+    except ValueError as err:
+        raise EvalError(str(err)) from None
+    return [BenchConfiguration(spec.name, budget, spec.options) for spec in specs
+            if spec.name != 'dense' for budget in budgets]
 
 
 def _check_numbers(args: argparse.Namespace) -> None:

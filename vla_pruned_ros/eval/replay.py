@@ -254,9 +254,9 @@ def _step_all(
 
 
 def _sample(policy: Any, index: int, bag: int, observation: Any, kept: dict) -> Sample:
-    from vla_pruned_ros.tokens.points_3d import sample_groups
+    from vla_pruned_ros.tokens.points_3d import observation_groups
 
-    groups = sample_groups(observation.cloud(), policy.config.points)
+    groups = observation_groups(observation, policy.config.points)
     return Sample(
         observation=index,
         bag=bag,

@@ -111,6 +111,7 @@ def _row(
     return {
         'label': run.label,
         'pruner': run.configuration.pruner,
+        'spec': run.configuration.spec,
         'budget': run.configuration.budget,
         'options': dict(run.configuration.options),
         'steps': len(stats),
@@ -406,7 +407,7 @@ def _by_pruner(configurations: list[dict]) -> dict[str, list[dict]]:
     groups: dict[str, list[dict]] = {}
     for row in configurations:
         if row['pruner'] != 'dense':
-            groups.setdefault(row['pruner'], []).append(row)
+            groups.setdefault(row.get('spec', row['pruner']), []).append(row)
     return {name: sorted(rows, key=lambda r: r['tokens_kept']) for name, rows in groups.items()}
 
 

@@ -5,9 +5,9 @@ Named model shapes.
 - ``small``: a SigLIP-base-sized vision tower (224 px, 14 px patches: 256 2D tokens), 256 3D
   tokens and a decoder with Qwen2-0.5B's shape (896 wide, 24 layers, 14 heads, 2 KV heads).
 - ``sim``: the tabletop benchmark's reference policy (trained by ``vla-pruned-ros train``, shipped
-  as ``models/default``): 96 px images in 12 px patches (64 2D tokens), 64 point groups of 16
-  (64 3D tokens), a 4-layer 192-wide Qwen2-family decoder; sized to train on a 2-core CPU in
-  about an hour.
+  as ``models/default``): 96 px images in 12 px patches (64 2D tokens), 64 coloured point groups
+  of 16 (64 3D tokens) from the cloud cropped to the table's workspace, a 4-layer 192-wide
+  Qwen2-family decoder; sized to train on a 2-core CPU in about an hour.
 - ``mla-7b``: the tri-stage paper's MLA shape: LLaMA-2-7B decoder with 256 2D + 256 3D
   tokens. Random weights, for latency measurements only (use bf16 on a GPU).
 """
@@ -17,6 +17,11 @@ from collections.abc import Callable
 from vla_pruned_ros.model.config import DecoderConfig, MVLAConfig
 from vla_pruned_ros.tokens.points_3d import PointTokenizerConfig
 from vla_pruned_ros.tokens.vision_2d import VisionTowerConfig
+
+# The tabletop camera's view of the table and the space above it (camera optical frame,
+# metres): without this crop most FPS groups land on the floor beyond the table.
+SIM_WORKSPACE_MIN = (-0.5, -0.6, 0.1)
+SIM_WORKSPACE_MAX = (0.5, 0.6, 0.95)
 
 
 def _tiny() -> MVLAConfig:
@@ -45,6 +50,7 @@ def _sim() -> MVLAConfig:
         ),
         points=PointTokenizerConfig(
             num_points=512, num_groups=64, group_size=16, hidden_dims=(64, 128), out_dim=192,
+            workspace_min=SIM_WORKSPACE_MIN, workspace_max=SIM_WORKSPACE_MAX, colour=True,
         ),
         decoder=DecoderConfig(
             family='qwen2', hidden_size=192, num_layers=4, num_heads=6, num_kv_heads=2,

@@ -80,6 +80,10 @@ def policy_parameters(n_2d: int = 256, n_3d: int = 256, pruners: tuple = ()) -> 
                   int_range=(0, n_2d, 1)),
         ParamSpec('floor_3d', 0, 'Minimum 3D (point group) tokens kept.',
                   int_range=(0, n_3d, 1)),
+        ParamSpec('pruner_options', '', 'Config overrides per pruner, applied when that pruner '
+                  'is active: name:key=value,...;name:key=value,... (e.g. '
+                  "'info_entropy:reuse=false;tri_stage:shift_threshold=0.3'); the "
+                  'tri_stage_stageN switches win over tri_stage entries here.'),
         ParamSpec('tri_stage_stage1', True, 'tri_stage: stage 1 (modality salience, before '
                   'the decoder).'),
         ParamSpec('tri_stage_stage2', True, 'tri_stage: stage 2 (semantic grouping inside '

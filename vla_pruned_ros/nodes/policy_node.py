@@ -71,7 +71,8 @@ from vla_pruned_ros.sync import ObservationSynchronizer
 DESCRIPTION = 'Run the pruned 2D+3D VLA policy on sensor topics and publish commands.'
 MODEL_PARAMETERS = ('model', 'preset', 'device', 'dtype')
 PRUNING_PARAMETERS = ('pruner', 'token_budget', 'keep_ratio', 'floor_2d', 'floor_3d',
-                      'tri_stage_stage1', 'tri_stage_stage2', 'tri_stage_stage3')
+                      'pruner_options', 'tri_stage_stage1', 'tri_stage_stage2',
+                      'tri_stage_stage3')
 STAGE_PARAMETERS = ('tri_stage_stage1', 'tri_stage_stage2', 'tri_stage_stage3')
 COMMAND_PARAMETERS = ('output_mode', 'axis_scale', 'axis_limit', 'gripper_binary',
                       'gripper_threshold', 'max_obs_age_s')
@@ -217,6 +218,7 @@ class PolicyNode(Node):
     def _apply(self, updates: dict, initial: bool = False) -> None:
         """Validate ``updates`` together, then apply them (the policy at its next step)."""
         from vla_pruned_ros.pruning import Budget, create_pruner
+        from vla_pruned_ros.pruning.spec import parse_options_by_pruner
 
         for name, value in updates.items():
             spec = self._specs.get(name)
@@ -237,10 +239,15 @@ class PolicyNode(Node):
                 floor_3d=settings['floor_3d'],
             )
             budget.resolve(self.n_2d, self.n_3d)  # floors above the budget raise BudgetError
-            stages = {f'stage{i}': settings[f'tri_stage_stage{i}'] for i in (1, 2, 3)}
+            options = parse_options_by_pruner(settings['pruner_options'])
+            options['tri_stage'] = {
+                **options.get('tri_stage', {}),
+                **{f'stage{i}': settings[f'tri_stage_stage{i}'] for i in (1, 2, 3)},
+            }
             if touched & set(STAGE_PARAMETERS):
-                create_pruner('tri_stage', **stages)  # rejects e.g. stage 1 and 2 both off
-            pruner_changed = 'pruner' in touched or (
+                # rejects e.g. stage 1 and 2 both off
+                create_pruner('tri_stage', **options['tri_stage'])
+            pruner_changed = 'pruner' in touched or 'pruner_options' in touched or (
                 settings['pruner'] == 'tri_stage' and touched & set(STAGE_PARAMETERS)
             )
         command_config = None
@@ -259,7 +266,7 @@ class PolicyNode(Node):
             self.policy.configure(
                 pruner=name if pruner_changed else None,
                 budget=budget,
-                pruner_config=stages if pruner_changed and name == 'tri_stage' else None,
+                pruner_config=options.get(name) if pruner_changed else None,
             )
         if command_config is not None:
             self.stream.configure(command_config)

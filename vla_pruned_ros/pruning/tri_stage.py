@@ -80,12 +80,18 @@ class TriStageConfig(PrunerConfig):
     # New segment (one full, unpruned step) when the region x modality salience distribution
     # moves more than this total-variation distance from its smoothed value [G].
     shift_threshold: float = 0.25
+    # A shift only opens a new segment once the current one has run this many pruned steps
+    # [G]: without it a policy whose attention keeps moving (a weak or random one) runs most
+    # steps unpruned; 1 = every shift counts.
+    min_segment_steps: int = 3
     # Force a full step after this many pruned steps (0 = never) [G].
     max_segment_steps: int = 0
 
     def __post_init__(self) -> None:
         if not (self.stage1 or self.stage2):
             raise ValueError('tri_stage needs stage1 or stage2 on (stage3 only steers them)')
+        if self.min_segment_steps < 1 or self.max_segment_steps < 0:
+            raise ValueError('min_segment_steps must be >= 1 and max_segment_steps >= 0')
         if self.semantic_layer < 1:
             raise ValueError('semantic_layer must be >= 1 (it reads the previous layer)')
         for name in ('min_modality_share', 'protect_fraction', 'ema_beta'):
@@ -417,7 +423,8 @@ class TriStagePruner(Pruner):
             before = _region_distribution(modality, carried_region, carried_attention)
             self.last_shift = 0.5 * float(np.abs(sigma - before).sum())
         ctx.extras['region_shift'] = self.last_shift
-        if self.config.stage3 and self.last_shift > self.config.shift_threshold:
+        settled = self._pruned_steps + 1 >= self.config.min_segment_steps  # this step counts
+        if self.config.stage3 and self.last_shift > self.config.shift_threshold and settled:
             self._new_segment = True
         labels_2d, attention_2d = labels_2d.copy(), attention_2d.copy()
         labels_3d, attention_3d = labels_3d.copy(), attention_3d.copy()

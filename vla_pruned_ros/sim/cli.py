@@ -80,7 +80,9 @@ def _add_eval_parser(sim_commands: 'argparse._SubParsersAction') -> None:
     evaluate.add_argument('--model', default=None,
                           help='model directory (default: the shipped models/default)')
     evaluate.add_argument('--pruners', nargs='+', default=['dense', 'tri_stage'],
-                          help='registered pruner names, or "all" (default: dense tri_stage)')
+                          help='registered pruner names, name:key=value,... (config '
+                               'overrides); "all" = every registered pruner (default: dense '
+                               'tri_stage)')
     evaluate.add_argument('--budgets', nargs='+', type=float, default=[0.5, 0.25, 0.125],
                           help='visual-token keep ratios (dense ignores them)')
     evaluate.add_argument('--episodes', type=int, default=20, help='episodes per family')
@@ -147,11 +149,11 @@ def _run_record(args: argparse.Namespace) -> int:
 def _run_eval(args: argparse.Namespace) -> int:
     from vla_pruned_ros.model.checkpoint import CheckpointError
     from vla_pruned_ros.policy import Policy
-    from vla_pruned_ros.pruning import available_pruners
+    from vla_pruned_ros.pruning.spec import expand_all
     from vla_pruned_ros.sim.evaluate import EvalError, evaluate, markdown_table, write_report
 
     model = args.model or str(DEFAULT_MODEL_DIR)
-    pruners = available_pruners() if args.pruners == ['all'] else args.pruners
+    pruners = expand_all(args.pruners)
     try:
         policy = Policy.from_pretrained(model, device=args.device, dtype=args.dtype)
         report = evaluate(

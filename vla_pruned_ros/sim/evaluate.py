@@ -179,15 +179,21 @@ def evaluate(
     """
     Evaluate ``policy`` for every pruner x budget (keep ratios) x family.
 
+    ``pruners`` are names or ``name:key=value,...`` specs (:mod:`vla_pruned_ros.pruning.spec`);
+    each cell is reported under the spec's label.
+
     'dense' runs once, without a budget. Raises ``EvalError`` for unknown pruners, families or
     splits, ``episodes`` < 1 or a keep ratio outside (0, 1].
     """
     from vla_pruned_ros.pruning import Budget, available_pruners
+    from vla_pruned_ros.pruning.spec import parse_pruner_spec
 
-    unknown = [p for p in pruners if p not in available_pruners()]
-    if unknown or not pruners:
-        raise EvalError(f'unknown or no pruners {list(pruners)}; available: '
-                        f'{", ".join(available_pruners())}')
+    if not pruners:
+        raise EvalError(f'no pruners given; available: {", ".join(available_pruners())}')
+    try:
+        specs = {spec.label: spec for spec in map(parse_pruner_spec, pruners)}
+    except ValueError as err:  # unknown pruner, option or value
+        raise EvalError(str(err)) from None
     bad = [f for f in families if f not in FAMILIES]
     if bad or not families:
         raise EvalError(f'unknown or no families {list(families)}; known: {list(FAMILIES)}')
@@ -195,11 +201,11 @@ def evaluate(
         raise EvalError(f'unknown split {split!r}; known: {list(SPLITS)}')
     if int(episodes) < 1 or int(execute_steps) < 1:
         raise EvalError(f'episodes and execute_steps must be >= 1: {episodes}, {execute_steps}')
-    if any(not 0 < b <= 1 for b in budgets) or (not budgets and any(p != DENSE for p in pruners)):
+    if any(not 0 < b <= 1 for b in budgets) or (not budgets and any(p != DENSE for p in specs)):
         raise EvalError(f'budgets are keep ratios in (0, 1], got {list(budgets)}')
     execute_steps = min(int(execute_steps), policy.config.horizon)
     runs = [(p, None) if p == DENSE else (p, float(b))
-            for p in dict.fromkeys(pruners) for b in (budgets if p != DENSE else [None])]
+            for p in specs for b in (budgets if p != DENSE else [None])]
     bar = None
     if progress:
         from tqdm import tqdm
@@ -212,7 +218,8 @@ def evaluate(
     try:
         for pruner, ratio in runs:
             budget = Budget() if ratio is None else Budget(keep_ratio=ratio)
-            policy.configure(pruner=pruner, budget=budget)
+            spec = specs[pruner]
+            policy.configure(pruner=spec.name, budget=budget, pruner_config=spec.options)
             for family in families:
                 results = []
                 for index in range(int(episodes)):

@@ -19,7 +19,7 @@ same groups). Each centre also projects into the 2D patch grid
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 import torch
@@ -37,6 +37,8 @@ __all__ = [
     'TokenizationError',
     'farthest_point_indices',
     'knn_indices',
+    'observation_groups',
+    'point_colours',
     'project_centres_to_patches',
     'sample_groups',
     'voxel_downsample',
@@ -60,7 +62,9 @@ class PointTokenizerConfig:
     ``fps_candidates`` bounds the cost of the first FPS on dense clouds: a cloud with more
     points is first reduced to that many by a fixed-seed random subsample (0 = run FPS over
     every point). ``hidden_dims`` are the widths of the shared per-point MLP of
-    :class:`PointEncoder3D`, ``out_dim`` the width of its tokens.
+    :class:`PointEncoder3D`, ``out_dim`` the width of its tokens. ``colour`` gives every point
+    the RGB (in [0, 1]) of the image pixel it projects into (:func:`point_colours`), as in the
+    XYZRGB clouds of 3D VLAs: a 3D token then carries what is there as well as where.
     """
 
     num_points: int = 1024
@@ -72,6 +76,12 @@ class PointTokenizerConfig:
     fps_candidates: int = 8192
     hidden_dims: tuple[int, ...] = (64, 128)
     out_dim: int = 256
+    colour: bool = False
+
+    @property
+    def point_features(self) -> int:
+        """Values per neighbour: xyz relative to the centre, then RGB when ``colour``."""
+        return 6 if self.colour else 3
 
     def __post_init__(self) -> None:
         self.workspace_min = tuple(float(value) for value in self.workspace_min)
@@ -123,10 +133,11 @@ class PointGroups:
     The groups of one cloud, ready for :class:`PointEncoder3D`.
 
     ``centres`` (G, 3) are cloud points in the cloud's frame, in FPS order.
-    ``neighbourhoods`` (G, k, 3) hold each centre's k nearest points relative to that centre,
-    nearest first (the centre itself, at 0, comes first). ``num_valid_points`` counts the
-    points left after cleaning, cropping and voxel averaging, before resampling; fewer than
-    ``num_points`` means points were repeated.
+    ``neighbourhoods`` (G, k, F) hold each centre's k nearest points relative to that centre,
+    nearest first (the centre itself, at 0, comes first); F = 3 (xyz), or 6 with the points'
+    RGB after the xyz when the tokenizer uses colour (geometry is always ``[..., :3]``).
+    ``num_valid_points`` counts the points left after cleaning, cropping and voxel averaging,
+    before resampling; fewer than ``num_points`` means points were repeated.
     """
 
     centres: np.ndarray
@@ -139,11 +150,12 @@ def voxel_downsample(points: np.ndarray, voxel_size: float) -> np.ndarray:
     Replace the points of each cubic voxel of side ``voxel_size`` by their mean.
 
     Voxels are returned in a fixed order (sorted by voxel index), so the result is
-    deterministic. ``points`` must be finite.
+    deterministic. ``points`` (N, 3 + C) must be finite; columns after xyz (colours) are
+    averaged with them.
     """
     if len(points) == 0:
-        return np.zeros((0, 3), dtype=np.float32)
-    keys = np.floor(points / voxel_size).astype(np.int64)
+        return np.zeros((0, points.shape[1] if points.ndim == 2 else 3), dtype=np.float32)
+    keys = np.floor(points[:, :3] / voxel_size).astype(np.int64)
     keys -= keys.min(axis=0)
     extent = keys.max(axis=0) + 1
     if float(np.prod(extent.astype(np.float64))) < 2.0**62:
@@ -154,7 +166,8 @@ def voxel_downsample(points: np.ndarray, voxel_size: float) -> np.ndarray:
         _, inverse, counts = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
     inverse = inverse.reshape(-1)
     size = len(counts)
-    sums = [np.bincount(inverse, weights=points[:, axis], minlength=size) for axis in range(3)]
+    sums = [np.bincount(inverse, weights=points[:, column], minlength=size)
+            for column in range(points.shape[1])]
     return (np.stack(sums, axis=1) / counts[:, None]).astype(np.float32)
 
 
@@ -218,22 +231,79 @@ def _resample(points: np.ndarray, config: PointTokenizerConfig) -> np.ndarray:
         rng = np.random.default_rng(CANDIDATE_SEED)
         keep = np.sort(rng.choice(count, config.fps_candidates, replace=False))
         points = points[keep]
-    return points[farthest_point_indices(points, config.num_points)]
+    return points[farthest_point_indices(points[:, :3], config.num_points)]
 
 
-def sample_groups(points: np.ndarray, config: PointTokenizerConfig) -> PointGroups:
+def point_colours(
+    points: np.ndarray, rgb: np.ndarray, intrinsics: 'CameraIntrinsics'
+) -> np.ndarray:
+    """
+    RGB in [0, 1] (N, 3) of the pixel each camera-frame point (N, 3) projects into.
+
+    The cloud must be in the optical frame of the camera ``rgb`` and ``intrinsics`` belong to
+    (as for the 2D-3D links); an image of another size than the intrinsics' is taken as the
+    same view resized. Points behind the camera, non-finite or outside the image get mid-grey
+    0.5, so they carry no colour evidence.
+    """
+    points = np.asarray(points, dtype=np.float64)
+    height, width = rgb.shape[:2]
+    if (width, height) != (intrinsics.width, intrinsics.height):
+        intrinsics = intrinsics.scaled(width, height)
+    colours = np.full((len(points), 3), 0.5, dtype=np.float32)
+    if len(points) == 0:
+        return colours
+    # Pixel centres sit at integer coordinates (as in depth_to_points): round to the nearest.
+    pixels = np.floor(intrinsics.project(points) + 0.5)
+    column, row = pixels[:, 0], pixels[:, 1]
+    with np.errstate(invalid='ignore'):  # NaN marks points behind the camera
+        inside = (column >= 0) & (column < width) & (row >= 0) & (row < height)
+    colours[inside] = rgb[row[inside].astype(np.int64), column[inside].astype(np.int64), :3]
+    colours[inside] /= 255.0
+    return colours
+
+
+def observation_groups(observation: Any, config: PointTokenizerConfig) -> PointGroups:
+    """
+    The point groups of an :class:`~vla_pruned_ros.observation.Observation`'s cloud.
+
+    With ``config.colour`` the points are coloured from the observation's rgb image first.
+    Raises ``TokenizationError`` like :func:`sample_groups` (or when colour needs intrinsics
+    the observation lacks).
+    """
+    cloud = observation.cloud()
+    colours = None
+    if config.colour:
+        if observation.intrinsics is None:
+            raise TokenizationError('coloured 3D tokens need the camera intrinsics')
+        colours = point_colours(cloud, observation.rgb, observation.intrinsics)
+    return sample_groups(cloud, config, colours)
+
+
+def sample_groups(
+    points: np.ndarray, config: PointTokenizerConfig, colours: Optional[np.ndarray] = None
+) -> PointGroups:
     """
     Clean, crop, resample and group a point cloud (N, 3) into ``num_groups`` groups.
 
     Non-finite points and points outside the workspace box are dropped; the rest is voxel
     averaged (when ``voxel_size`` > 0), resampled to ``num_points`` by FPS (repeated when
     fewer), and ``num_groups`` FPS centres with their ``group_size`` nearest neighbours form
-    the groups. Deterministic. Raises ``TokenizationError`` when ``points`` is not an (N, 3)
-    array or when no valid point is left.
+    the groups. ``colours`` (N, 3), required when ``config.colour``, travel with their points
+    and follow the xyz in the neighbourhoods. Deterministic. Raises ``TokenizationError`` when
+    ``points`` is not an (N, 3) array, colours are missing or mismatched, or no valid point is
+    left.
     """
     cloud = np.asarray(points)
     if cloud.ndim != 2 or cloud.shape[1] != 3:
         raise TokenizationError(f'points must be an (N, 3) array, got shape {cloud.shape}')
+    if config.colour:
+        if colours is None or np.shape(colours) != (len(cloud), 3):
+            raise TokenizationError(
+                f'this tokenizer uses colour: give colours of shape ({len(cloud)}, 3), got '
+                f'{None if colours is None else np.shape(colours)}'
+            )
+        cloud = np.concatenate([cloud.astype(np.float32, copy=False),
+                                np.asarray(colours, dtype=np.float32)], axis=1)
     cloud = cloud.astype(np.float32, copy=False)
     # A finite box drops inf with the points outside it; NaN fails every comparison.
     largest = float(np.finfo(np.float32).max)
@@ -251,11 +321,13 @@ def sample_groups(points: np.ndarray, config: PointTokenizerConfig) -> PointGrou
         cloud = voxel_downsample(cloud, config.voxel_size)
     num_valid = len(cloud)
     cloud = _resample(cloud, config)
-    centres = cloud[farthest_point_indices(cloud, config.num_groups)]
-    neighbours = cloud[knn_indices(centres, cloud, config.group_size)]
+    xyz = np.ascontiguousarray(cloud[:, :3])
+    centres = xyz[farthest_point_indices(xyz, config.num_groups)]
+    neighbours = cloud[knn_indices(centres, xyz, config.group_size)]
+    neighbours[..., :3] -= centres[:, None, :]
     return PointGroups(
         centres=np.ascontiguousarray(centres, dtype=np.float32),
-        neighbourhoods=(neighbours - centres[:, None, :]).astype(np.float32),
+        neighbourhoods=neighbours.astype(np.float32),
         num_valid_points=num_valid,
     )
 
@@ -273,7 +345,8 @@ class PointEncoder3D(nn.Module):
 
     def __init__(self, config: PointTokenizerConfig) -> None:
         super().__init__()
-        widths = (3, *config.hidden_dims)
+        self.point_features = config.point_features
+        widths = (self.point_features, *config.hidden_dims)
         layers = []
         for width_in, width_out in zip(widths[:-1], widths[1:]):
             layers += [nn.Linear(width_in, width_out), nn.LayerNorm(width_out), nn.GELU()]
@@ -285,19 +358,20 @@ class PointEncoder3D(nn.Module):
 
     def forward(self, neighbourhoods: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
         """
-        Encode groups [..., G, k, 3] (relative to) centres [..., G, 3] into [..., G, out_dim].
+        Encode groups [..., G, k, F] (relative to) centres [..., G, 3] into [..., G, out_dim].
 
-        Leading batch dimensions are optional. Inputs are cast to the encoder's dtype and
-        device. Raises ``TokenizationError`` on mismatched shapes.
+        F is the config's ``point_features`` (3, or 6 with colour). Leading batch dimensions
+        are optional. Inputs are cast to the encoder's dtype and device. Raises
+        ``TokenizationError`` on mismatched shapes.
         """
         if (
             neighbourhoods.ndim < 3
-            or neighbourhoods.shape[-1] != 3
+            or neighbourhoods.shape[-1] != self.point_features
             or centres.shape != neighbourhoods.shape[:-2] + (3,)
         ):
             raise TokenizationError(
-                f'expected neighbourhoods [..., G, k, 3] and centres [..., G, 3], got '
-                f'{list(neighbourhoods.shape)} and {list(centres.shape)}'
+                f'expected neighbourhoods [..., G, k, {self.point_features}] and centres '
+                f'[..., G, 3], got {list(neighbourhoods.shape)} and {list(centres.shape)}'
             )
         weight = self.group_projection.weight
         neighbourhoods = neighbourhoods.to(device=weight.device, dtype=weight.dtype)

@@ -40,6 +40,14 @@ def add_parser(subparsers: 'argparse._SubParsersAction') -> argparse.ArgumentPar
                         help='smallest fraction of 2D / 3D tokens such a batch keeps')
     parser.add_argument('--threads', type=int, default=0,
                         help='torch CPU threads (default: torch chooses)')
+    parser.add_argument('--init-from', metavar='MODEL_DIR',
+                        help='start from this model directory (weights, tokenizer, action '
+                             'normalisation) instead of random weights; weights that grew '
+                             'along their input dimension get zeros in the new columns')
+    parser.add_argument('--aux-weight', type=float, default=0.0,
+                        help='weight of the auxiliary loss that predicts where the named target '
+                             'object is from the action-query states (needs bags from sim '
+                             'record; 0 = off)')
     parser.add_argument('--no-progress', dest='progress', action='store_false')
     return parser
 
@@ -54,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, lr=args.lr, seed=args.seed, resume=args.resume,
         checkpoint_every=args.checkpoint_every, token_drop_prob=args.token_drop_prob,
         min_keep=args.min_keep, threads=args.threads, progress=args.progress,
+        init_from=args.init_from or '', aux_weight=args.aux_weight,
     )
     try:
         result = train(config)

@@ -43,7 +43,7 @@ TOPICS = (RGB_TOPIC, INFO_TOPIC, CLOUD_TOPIC, POSE_TOPIC, INSTRUCTION_TOPIC, EPI
           CHUNK_TOPIC)
 # Messages of one frame share a stamp; the recorder spaces frames by the control period.
 SYNC_SLOP_S = 0.01
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 class DatasetError(ValueError):
@@ -69,6 +69,20 @@ class DemoEpisode:
     def family(self) -> str:
         """Task family from the metadata ('' when the bag has no ``/episode`` topic)."""
         return str(self.metadata.get('family', ''))
+
+
+def target_position(metadata: dict) -> np.ndarray:
+    """
+    World (x, y) where the episode's target object started, from ``/episode`` metadata.
+
+    The recorder stores the target as 'colour shape' and every object's colour, shape and
+    position; NaN when the metadata lacks them or no object matches.
+    """
+    target = str(metadata.get('target') or '')
+    for item in metadata.get('objects') or []:
+        if f"{item.get('colour')} {item.get('shape')}" == target:
+            return np.array([item['x'], item['y']], np.float32)
+    return np.full(2, np.nan, np.float32)
 
 
 def find_bags(paths: Iterable['str | Path']) -> list[Path]:
@@ -176,7 +190,10 @@ class Samples:
     ``pixel_values`` [N, 3, S, S] float16, ``neighbourhoods`` [N, G, k, 3] and ``centres``
     [N, G, 3] float32, ``proprio`` [N, 7], ``actions`` [N, horizon, 7] (physical units),
     ``instruction`` [N] indices into ``instructions``, ``episode`` [N] a global episode number,
-    ``family`` [N] indices into ``families``.
+    ``family`` [N] indices into ``families``. ``target_xy`` [N, 2] is where the instruction's
+    target object started (world x, y) relative to the end effector at that frame, from the
+    recorder's ``/episode`` metadata, or NaN when the bag does not say (the label of the
+    auxiliary localisation loss, see :func:`target_position`).
     """
 
     pixel_values: np.ndarray
@@ -187,6 +204,7 @@ class Samples:
     instruction: np.ndarray
     episode: np.ndarray
     family: np.ndarray
+    target_xy: np.ndarray
     instructions: list[str]
     families: list[str]
 
@@ -203,12 +221,13 @@ class Samples:
         return Samples(
             self.pixel_values[rows], self.neighbourhoods[rows], self.centres[rows],
             self.proprio[rows], self.actions[rows], self.instruction[rows], self.episode[rows],
-            self.family[rows], list(self.instructions), list(self.families),
+            self.family[rows], self.target_xy[rows], list(self.instructions),
+            list(self.families),
         )
 
 
 _ARRAYS = ('pixel_values', 'neighbourhoods', 'centres', 'proprio', 'actions', 'instruction',
-           'episode', 'family')
+           'episode', 'family', 'target_xy')
 
 
 def _concat(parts: Sequence[Samples]) -> Samples:
@@ -218,7 +237,8 @@ def _concat(parts: Sequence[Samples]) -> Samples:
     arrays: dict[str, list[np.ndarray]] = {name: [] for name in _ARRAYS}
     episode_offset = 0
     for part in parts:
-        for name in ('pixel_values', 'neighbourhoods', 'centres', 'proprio', 'actions'):
+        for name in ('pixel_values', 'neighbourhoods', 'centres', 'proprio', 'actions',
+                     'target_xy'):
             arrays[name].append(getattr(part, name))
         for names, key, values in ((instructions, 'instruction', part.instructions),
                                    (families, 'family', part.families)):
@@ -254,7 +274,7 @@ def encode_bag(bag: 'str | Path', model: Any) -> Samples:
     Raises ``DatasetError`` when the bag has no labelled frame or its chunks are shorter than
     the model's horizon.
     """
-    from vla_pruned_ros.tokens.points_3d import sample_groups
+    from vla_pruned_ros.tokens.points_3d import observation_groups
 
     config = model.config
     rows: dict[str, list] = {name: [] for name in _ARRAYS}
@@ -263,6 +283,7 @@ def encode_bag(bag: 'str | Path', model: Any) -> Samples:
     for number, episode in enumerate(read_episodes(bag)):
         if episode.family not in families:
             families.append(episode.family)
+        target = target_position(episode.metadata)
         for frame in episode.frames:
             obs = frame.observation
             if frame.chunk.shape[0] < config.horizon or frame.chunk.shape[1] != config.action_dim:
@@ -274,7 +295,7 @@ def encode_bag(bag: 'str | Path', model: Any) -> Samples:
                 raise DatasetError(f'{bag}: frame at {obs.stamp_ns} ns has no end-effector pose')
             if obs.instruction not in instructions:
                 instructions.append(obs.instruction)
-            groups = sample_groups(obs.cloud(), config.points)
+            groups = observation_groups(obs, config.points)
             rows['pixel_values'].append(model.vision.preprocess(obs.rgb)[0].numpy())
             rows['neighbourhoods'].append(groups.neighbourhoods)
             rows['centres'].append(groups.centres)
@@ -283,6 +304,7 @@ def encode_bag(bag: 'str | Path', model: Any) -> Samples:
             rows['instruction'].append(instructions.index(obs.instruction))
             rows['episode'].append(number)
             rows['family'].append(families.index(episode.family))
+            rows['target_xy'].append(target - np.asarray(obs.ee_pose[:2], np.float32))
     if not rows['actions']:
         raise DatasetError(f'{bag} holds no observation with an expert action chunk')
     return Samples(
@@ -294,6 +316,7 @@ def encode_bag(bag: 'str | Path', model: Any) -> Samples:
         instruction=np.asarray(rows['instruction'], np.int32),
         episode=np.asarray(rows['episode'], np.int32),
         family=np.asarray(rows['family'], np.int32),
+        target_xy=np.stack(rows['target_xy']).astype(np.float32),
         instructions=instructions,
         families=families,
     )

@@ -32,6 +32,7 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
+from torch import nn
 from transformers.masking_utils import create_causal_mask
 
 from vla_pruned_ros.model.checkpoint import load_model, save_model
@@ -45,6 +46,8 @@ LOG_FILE = 'log.jsonl'
 MODEL_DIR = 'model'
 # Dimensions the expert never moves (droll, dpitch) have std 0: keep them unscaled.
 MIN_ACTION_STD = 1e-4
+# Unit of the auxiliary localisation targets: offsets of a few decimetres become O(1).
+AUX_SCALE_M = 0.1
 
 
 class TrainError(ValueError):
@@ -81,6 +84,15 @@ class TrainConfig:
     threads: int = 0
     resume: bool = False
     progress: bool = True
+    # Start from this model directory's weights and tokenizer (see warm_start) instead of a
+    # random initialisation; the architecture comes from ``preset``.
+    init_from: str = ''
+    # Weight of the auxiliary localisation loss (0 = off): from the final action-query states
+    # a linear probe predicts where the named target object is relative to the gripper (see
+    # dataset.target_position), in units of AUX_SCALE_M. It teaches grounding (which object
+    # the words name, where it is) faster than the action loss alone; the probe is not part
+    # of the saved model and costs nothing at inference.
+    aux_weight: float = 0.0
 
     def validate(self) -> None:
         """Raise ``TrainError`` for values that cannot train."""
@@ -88,6 +100,10 @@ class TrainConfig:
             raise TrainError(f'steps and batch size must be >= 1: {self.steps}, {self.batch_size}')
         if not self.lr > 0:
             raise TrainError(f'learning rate must be positive, got {self.lr}')
+        if self.resume and self.init_from:
+            raise TrainError('--init-from starts a new run; it cannot be combined with --resume')
+        if not (self.aux_weight >= 0 and math.isfinite(self.aux_weight)):
+            raise TrainError(f'aux_weight must be a finite number >= 0, got {self.aux_weight}')
         if not 0 <= self.token_drop_prob <= 1 or not 0 < self.min_keep <= 1:
             raise TrainError('token_drop_prob must lie in [0, 1] and min_keep in (0, 1]')
         if self.val_every < 2:
@@ -118,6 +134,7 @@ class _Batches:
         self.input_ids = torch.from_numpy(ids[samples.instruction])
         mean, std = model.action_mean.cpu(), model.action_std.cpu()
         self.targets = (torch.from_numpy(samples.actions) - mean) / std
+        self.target_xy = torch.from_numpy(samples.target_xy) / AUX_SCALE_M
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -125,6 +142,19 @@ class _Batches:
     def get(self, rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return (self.pixel_values[rows].float(), self.neighbourhoods[rows], self.centres[rows],
                 self.input_ids[rows], self.proprio[rows], self.targets[rows])
+
+    def aux_labels(self, rows: torch.Tensor) -> torch.Tensor:
+        """Target offsets [B, 2] in AUX_SCALE_M units (NaN where unknown)."""
+        return self.target_xy[rows]
+
+
+def aux_loss(probe: nn.Module, action_states: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """L1 of the probe's target offsets from the mean action-query state; 0 without labels."""
+    known = torch.isfinite(labels).all(dim=1)
+    if not known.any():
+        return action_states.sum() * 0.0
+    prediction = probe(action_states[known].mean(dim=1).float())
+    return (prediction - labels[known]).abs().mean()
 
 
 def action_statistics(actions: np.ndarray) -> tuple[list[float], list[float]]:
@@ -151,9 +181,12 @@ def forward(
     proprio: torch.Tensor,
     keep_2d: Optional[torch.Tensor] = None,
     keep_3d: Optional[torch.Tensor] = None,
-) -> torch.Tensor:
+    return_states: bool = False,
+) -> 'torch.Tensor | tuple[torch.Tensor, torch.Tensor]':
     """
     Normalised action chunks [B, horizon, 7], optionally from a subset of the visual tokens.
+
+    With ``return_states`` also the final action-query states [B, horizon, width].
 
     ``keep_2d`` [B, n2] / ``keep_3d`` [B, n3] are sorted patch / group indices. Kept tokens
     keep their original rotary positions and the causal mask is built from the length alone,
@@ -186,7 +219,8 @@ def forward(
         if isinstance(hidden, tuple):
             hidden = hidden[0]
     hidden = decoder.norm(hidden)
-    return model.head(hidden[:, -model.config.horizon:])
+    states = hidden[:, -model.config.horizon:]
+    return (model.head(states), states) if return_states else model.head(states)
 
 
 def _learning_rate(config: TrainConfig, step: int) -> float:
@@ -228,6 +262,7 @@ def validation_loss(model: MultiModalVLA, batches: _Batches, batch_size: int = 6
 def _save_checkpoint(
     out: Path, model: MultiModalVLA, tokenizer: Any, optimizer: torch.optim.Optimizer,
     step: int, config: TrainConfig, generators: dict[str, Any],
+    probe: Optional[nn.Module] = None,
 ) -> None:
     # Write next to the old checkpoint, then swap: an interrupted save leaves a usable model.
     staging = out / f'{MODEL_DIR}.partial'
@@ -247,6 +282,8 @@ def _save_checkpoint(
         'config': asdict(config),
         'generators': generators,
     }
+    if probe is not None:
+        state['aux_probe'] = probe.state_dict()
     torch.save(state, out / f'{STATE_FILE}.partial')
     os.replace(out / f'{STATE_FILE}.partial', out / STATE_FILE)
 
@@ -254,6 +291,33 @@ def _save_checkpoint(
 def _log(out: Path, record: dict) -> None:
     with open(out / LOG_FILE, 'a', encoding='utf-8') as stream:
         stream.write(json.dumps(record) + '\n')
+
+
+@torch.no_grad()
+def warm_start(model: MultiModalVLA, source: MultiModalVLA) -> dict[str, list[str]]:
+    """
+    Copy ``source``'s weights into ``model`` wherever they fit; return what happened to each.
+
+    Same-shaped tensors are copied ('copied'). A weight that only grew along its last (input)
+    dimension, such as the first layer of a point encoder that now also reads colour, gets the
+    old columns and zeros in the new ones, so the model starts out computing exactly what the
+    source did ('widened'). Anything else keeps its fresh initialisation ('skipped').
+    """
+    report: dict[str, list[str]] = {'copied': [], 'widened': [], 'skipped': []}
+    old = source.state_dict()
+    for name, tensor in model.state_dict().items():
+        before = old.get(name)
+        if before is not None and before.shape == tensor.shape:
+            tensor.copy_(before)
+            report['copied'].append(name)
+        elif (before is not None and before.ndim == tensor.ndim >= 2
+              and before.shape[:-1] == tensor.shape[:-1] and before.shape[-1] < tensor.shape[-1]):
+            tensor.zero_()
+            tensor[..., :before.shape[-1]] = before
+            report['widened'].append(name)
+        else:
+            report['skipped'].append(name)
+    return report
 
 
 def train(config: TrainConfig) -> TrainResult:
@@ -269,6 +333,7 @@ def train(config: TrainConfig) -> TrainResult:
     state_path = out / STATE_FILE
     if config.threads:
         torch.set_num_threads(config.threads)
+    warm_record: dict[str, Any] = {}
     if config.resume:
         if not state_path.is_file():
             raise TrainError(f'nothing to resume: {state_path} does not exist')
@@ -281,7 +346,23 @@ def train(config: TrainConfig) -> TrainResult:
         torch.manual_seed(config.seed)
         model = MultiModalVLA(preset_config(config.preset))
         state, step, tokenizer = None, 0, None
+        if config.init_from:
+            # Keep the source's tokenizer (token ids) and action normalisation (head outputs).
+            source, tokenizer = load_model(config.init_from)
+            model.config.vocab_size = source.config.vocab_size
+            model.config.action_mean = list(source.config.action_mean)
+            model.config.action_std = list(source.config.action_std)
+            torch.manual_seed(config.seed)
+            model = MultiModalVLA(model.config)
+            report = warm_start(model, source)
+            if not report['copied']:
+                raise TrainError(f'{config.init_from} shares no weights with preset '
+                                 f'{config.preset!r}')
+            warm_record = {'init_from': config.init_from, 'copied': len(report['copied']),
+                           'widened': report['widened'], 'skipped': report['skipped']}
     out.mkdir(parents=True, exist_ok=True)
+    if warm_record:
+        _log(out, warm_record)
 
     samples = load_samples(config.data, model, cache_dir=out / 'cache', progress=config.progress)
     train_samples, val_samples = _split(samples, config.val_every, config.val_frames)
@@ -301,8 +382,19 @@ def train(config: TrainConfig) -> TrainResult:
     val_batches = _Batches(val_samples, encoder, model) if val_samples is not None else None
 
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
-                                  weight_decay=config.weight_decay)
+    probe = nn.Linear(model.config.decoder.hidden_size, 2)
+    parameters = list(model.parameters())
+    if config.aux_weight > 0:
+        parameters += list(probe.parameters())
+        if state is not None and 'aux_probe' not in state:
+            raise TrainError('this run was trained without the auxiliary loss: resume it with '
+                             '--aux-weight 0')
+        if state is not None:
+            probe.load_state_dict(state['aux_probe'])
+    elif state is not None and 'aux_probe' in state:
+        raise TrainError('this run was trained with the auxiliary loss: resume it with the same '
+                         '--aux-weight')
+    optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
     batch_rng = torch.Generator().manual_seed(config.seed)
     drop_rng = np.random.default_rng(config.seed)
     if state is not None:
@@ -328,6 +420,7 @@ def train(config: TrainConfig) -> TrainResult:
     n_2d = model.vision.num_tokens
     n_3d = model.config.points.num_groups
     running: list[float] = []
+    running_aux: list[float] = []
     val_loss: Optional[float] = None
     try:
         while step < config.steps:
@@ -342,11 +435,17 @@ def train(config: TrainConfig) -> TrainResult:
             lr = _learning_rate(config, step)
             for group in optimizer.param_groups:
                 group['lr'] = lr
-            prediction = forward(model, *inputs, keep_2d=keep_2d, keep_3d=keep_3d)
+            prediction, states = forward(model, *inputs, keep_2d=keep_2d, keep_3d=keep_3d,
+                                         return_states=True)
             loss = (prediction - targets).abs().mean()
+            total = loss
+            if config.aux_weight > 0:
+                localisation = aux_loss(probe, states, train_batches.aux_labels(rows))
+                total = loss + config.aux_weight * localisation
+                running_aux.append(localisation.item())
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            total.backward()
+            torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip)
             optimizer.step()
             step += 1
             running.append(loss.item())
@@ -357,6 +456,8 @@ def train(config: TrainConfig) -> TrainResult:
             if step % config.log_every == 0 or checkpoint:
                 record = {'step': step, 'train_loss': float(np.mean(running[-config.log_every:])),
                           'lr': lr, 'elapsed_s': round(time.perf_counter() - started, 1)}
+                if running_aux:
+                    record['aux_loss'] = float(np.mean(running_aux[-config.log_every:]))
                 if checkpoint and val_batches is not None:
                     val_loss = validation_loss(model, val_batches)
                     record['val_loss'] = val_loss
@@ -364,7 +465,8 @@ def train(config: TrainConfig) -> TrainResult:
                 if bar is not None and checkpoint:
                     bar.write(json.dumps(record))
             if checkpoint:
-                _save_checkpoint(out, model, tokenizer, optimizer, step, config, generators())
+                _save_checkpoint(out, model, tokenizer, optimizer, step, config, generators(),
+                                 probe if config.aux_weight > 0 else None)
     finally:
         if bar is not None:
             bar.close()

@@ -1,0 +1,163 @@
+"""
+``vla-pruned-ros compare``: one table of every pruner's speedup and success, per budget.
+
+It joins two measurements that are made separately because they need different models:
+
+- speed from ``vla-pruned-ros bench`` (``bench.json``): p50 step speedup against dense in the
+  same run, with the FLOPs-ideal speedup beside it; usually a large preset (``small``) where
+  the decoder dominates the step, as on a real VLA;
+- success from ``vla-pruned-ros sim eval`` (``results.json``): closed-loop success of the
+  trained reference policy, pooled over the task families, with its 95% Wilson interval.
+
+Rows are matched by pruner spec (``name`` or ``name:key=value,...``) and keep ratio; a cell
+without a measurement shows ``-``.
+"""
+
+import argparse
+from collections.abc import Sequence
+import json
+from pathlib import Path
+import sys
+from typing import Any, Optional
+
+
+def _load(path: str, file_name: str) -> dict[str, Any]:
+    location = Path(path)
+    if location.is_dir():
+        location = location / file_name
+    try:
+        return json.loads(location.read_text(encoding='utf-8'))
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f'cannot read {location}: {err}') from None
+
+
+def speed_cells(bench: dict[str, Any]) -> dict[tuple[str, Optional[float]], dict[str, float]]:
+    """(spec, keep ratio) -> speedup and FLOPs-ideal speedup, from a ``bench.json``."""
+    cells = {}
+    for row in bench['rows']:
+        budget = row['budget']
+        if budget is not None and budget > 1:
+            continue  # token counts: not comparable across models
+        cells[(row.get('spec', row['pruner']), budget)] = {
+            'speedup': row['speedup'], 'ideal': row['flops_ideal_speedup'],
+        }
+    return cells
+
+
+def success_cells(sim: dict[str, Any]) -> dict[tuple[str, Optional[float]], dict[str, float]]:
+    """(spec, keep ratio) -> successes and episodes pooled over families, from ``results.json``."""
+    cells: dict[tuple[str, Optional[float]], dict[str, float]] = {}
+    for cell in sim['cells']:
+        pooled = cells.setdefault((cell['pruner'], cell['keep_ratio']),
+                                  {'successes': 0, 'episodes': 0})
+        pooled['successes'] += cell['successes']
+        pooled['episodes'] += cell['episodes']
+    return cells
+
+
+def merge_sim_results(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """
+    Pool the cells of several ``sim eval`` results that ran the same evaluation.
+
+    Split, episodes per family, task seeds and model must agree (otherwise the success rates
+    would not be comparable); a (pruner, budget, family) cell measured twice is an error.
+    """
+    first = results[0]
+    cells, seen = [], set()
+    for result in results:
+        for key in ('model', 'split', 'episodes', 'seed', 'execute_steps'):
+            if result.get(key) != first.get(key):
+                raise ValueError(f'sim results differ in {key}: {first.get(key)!r} vs '
+                                 f'{result.get(key)!r}')
+        for cell in result['cells']:
+            key = (cell['pruner'], cell['keep_ratio'], cell['family'])
+            if key in seen:
+                raise ValueError(f'cell {key} is in more than one sim result')
+            seen.add(key)
+            cells.append(cell)
+    families = list(dict.fromkeys(f for result in results for f in result.get('families', [])))
+    return {**first, 'families': families, 'cells': cells}
+
+
+def comparison_table(bench: dict[str, Any], sim: dict[str, Any],
+                     budgets: Sequence[float] = (0.5, 0.25, 0.125)) -> str:
+    """The markdown table: one row per pruner, speedup then success per budget."""
+    from vla_pruned_ros.sim.evaluate import wilson_interval
+
+    speed, success = speed_cells(bench), success_cells(sim)
+    specs = list(dict.fromkeys([key[0] for key in speed] + [key[0] for key in success]))
+    specs.sort(key=lambda spec: spec != 'dense')
+
+    def speed_text(spec: str, budget: Optional[float]) -> str:
+        cell = speed.get((spec, budget))
+        if cell is None or cell['speedup'] is None:
+            return '-'
+        return f"{cell['speedup']:.2f}x ({cell['ideal']:.2f}x)"
+
+    def success_text(spec: str, budget: Optional[float]) -> str:
+        cell = success.get((spec, budget))
+        if cell is None:
+            return '-'
+        low, high = wilson_interval(int(cell['successes']), int(cell['episodes']))
+        rate = cell['successes'] / cell['episodes']
+        return f'{rate:.0%} ({low:.0%}-{high:.0%})'
+
+    percents = [f'{100 * b:g}%' for b in budgets]
+    lines = [
+        '| pruner | ' + ' | '.join(f'speedup @ {p}' for p in percents) + ' | '
+        + ' | '.join(f'success @ {p}' for p in percents) + ' |',
+        '|---|' + '---|' * (2 * len(budgets)),
+    ]
+    for spec in specs:
+        if spec == 'dense':
+            cells = ['1.00x (1.00x)' if ('dense', None) in speed else '-'] + [''] * (
+                len(budgets) - 1) + [success_text('dense', None)] + [''] * (len(budgets) - 1)
+        else:
+            cells = [speed_text(spec, b) for b in budgets] + [success_text(spec, b)
+                                                               for b in budgets]
+        lines.append(f'| {spec} | ' + ' | '.join(cells) + ' |')
+    meta = bench.get('meta', {})
+    families = ', '.join(sim.get('families', []))
+    lines += [
+        '',
+        f"Speedup: p50 step latency of dense / pruned, same run ({meta.get('title', '?')}, "
+        f"{meta.get('steps', '?')} timed steps); in brackets the FLOPs-ideal speedup. "
+        f"Command: `{meta.get('command', '?')}`.",
+        f"Success: closed loop in the MuJoCo tabletop, {sim.get('split', '?')} split, "
+        f"{sim.get('episodes', '?')} episodes per family ({families}) pooled, model "
+        f"`{sim.get('model', '?')}`; in brackets the 95% Wilson interval.",
+    ]
+    return '\n'.join(lines) + '\n'
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``compare``."""
+    parser = subparsers.add_parser(
+        'compare', help='one table of speedup (bench) and success (sim eval) per pruner',
+        description='Join the speedups of a bench.json and the success rates of a sim eval '
+                    'results.json into one markdown table, one row per pruner.',
+    )
+    parser.add_argument('--bench', required=True, help='bench output directory or bench.json')
+    parser.add_argument('--sim', required=True, nargs='+',
+                        help='sim eval output directories or results.json files (their cells '
+                             'are pooled, e.g. runs split over two machines)')
+    parser.add_argument('--budgets', nargs='+', type=float, default=[0.5, 0.25, 0.125],
+                        help='keep ratios to show (default: 0.5 0.25 0.125)')
+    parser.add_argument('--out', help='also write the table to this markdown file')
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print (and optionally write) the comparison table."""
+    try:
+        table = comparison_table(_load(args.bench, 'bench.json'),
+                                 merge_sim_results([_load(p, 'results.json') for p in args.sim]),
+                                 args.budgets)
+    except (ValueError, KeyError) as err:
+        print(f'vla-pruned-ros compare: error: {err}', file=sys.stderr)
+        return 2
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(table, encoding='utf-8')
+    print(table, end='')
+    return 0
