@@ -11,6 +11,7 @@ from vla_pruned_ros.tokens.points_3d import (
     PointEncoder3D,
     PointTokenizerConfig,
     TokenizationError,
+    dominant_plane,
     knn_indices,
     observation_groups,
     point_colours,
@@ -373,3 +374,31 @@ def test_coloured_encoder_sees_colour_and_keeps_subset_exactness():
                                    tokens[:, [1, 3]])
     with pytest.raises(TokenizationError, match='G, k, 6'):
         encoder(neighbourhoods[..., :3], centres)
+
+
+def test_dominant_plane_removal_leaves_the_objects_on_the_table():
+    rng = np.random.default_rng(1)
+    # a tilted table (the plane z = 0.9 + 0.3 y, as a camera sees it) and two small boxes on it
+    table_xy = rng.uniform(-0.3, 0.3, (3000, 2))
+    table = np.c_[table_xy, 0.9 + 0.3 * table_xy[:, 1] + rng.normal(0, 0.001, 3000)]
+    boxes = np.concatenate([rng.uniform([-0.12, -0.02, 0.78], [-0.08, 0.02, 0.84], (150, 3)),
+                            rng.uniform([0.10, 0.05, 0.78], [0.14, 0.09, 0.84], (150, 3))])
+    cloud = np.concatenate([table, boxes]).astype(np.float32)
+    on_plane = dominant_plane(cloud, 0.01)
+    assert on_plane[:3000].mean() > 0.99 and not on_plane[3000:].any()
+    np.testing.assert_array_equal(dominant_plane(cloud, 0.01), on_plane)  # deterministic
+
+    config = PointTokenizerConfig(num_points=256, num_groups=32, group_size=8, out_dim=16,
+                                  plane_distance=0.01)
+    groups = sample_groups(cloud, config)
+    assert groups.num_valid_points == 300
+    assert (groups.centres[:, 2] < 0.85).all()  # every group on a box, none on the table
+    # without a dominant plane (or with too few points left) nothing is removed
+    directions = rng.normal(size=(500, 3))
+    sphere = 0.1 * directions / np.linalg.norm(directions, axis=1, keepdims=True) + [0, 0, 1]
+    assert sample_groups(sphere.astype(np.float32), config).num_valid_points == 500
+    strict = PointTokenizerConfig(num_points=256, num_groups=32, group_size=8, out_dim=16,
+                                  plane_distance=0.01, plane_min_fraction=0.95)
+    assert sample_groups(cloud, strict).num_valid_points == len(cloud)
+    with pytest.raises(ValueError, match='plane_distance'):
+        PointTokenizerConfig(plane_distance=-1.0)

@@ -6,8 +6,9 @@ Named model shapes.
   tokens and a decoder with Qwen2-0.5B's shape (896 wide, 24 layers, 14 heads, 2 KV heads).
 - ``sim``: the tabletop benchmark's reference policy (trained by ``vla-pruned-ros train``, shipped
   as ``models/default``): 96 px images in 12 px patches (64 2D tokens), 64 coloured point groups
-  of 16 (64 3D tokens) from the cloud cropped to the table's workspace, a 4-layer 192-wide
-  Qwen2-family decoder; sized to train on a 2-core CPU in about an hour.
+  of 16 (64 3D tokens) from the cloud cropped to the table's workspace with the table plane
+  removed, a 4-layer 192-wide Qwen2-family decoder; sized to train on a 2-core CPU in about an
+  hour.
 - ``mla-7b``: the tri-stage paper's MLA shape: LLaMA-2-7B decoder with 256 2D + 256 3D
   tokens. Random weights, for latency measurements only (use bf16 on a GPU).
 """
@@ -51,6 +52,7 @@ def _sim() -> MVLAConfig:
         points=PointTokenizerConfig(
             num_points=512, num_groups=64, group_size=16, hidden_dims=(64, 128), out_dim=192,
             workspace_min=SIM_WORKSPACE_MIN, workspace_max=SIM_WORKSPACE_MAX, colour=True,
+            plane_distance=0.01,
         ),
         decoder=DecoderConfig(
             family='qwen2', hidden_size=192, num_layers=4, num_heads=6, num_kv_heads=2,

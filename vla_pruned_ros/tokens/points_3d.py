@@ -35,6 +35,7 @@ __all__ = [
     'PointGroups',
     'PointTokenizerConfig',
     'TokenizationError',
+    'dominant_plane',
     'farthest_point_indices',
     'knn_indices',
     'observation_groups',
@@ -65,6 +66,10 @@ class PointTokenizerConfig:
     :class:`PointEncoder3D`, ``out_dim`` the width of its tokens. ``colour`` gives every point
     the RGB (in [0, 1]) of the image pixel it projects into (:func:`point_colours`), as in the
     XYZRGB clouds of 3D VLAs: a 3D token then carries what is there as well as where.
+    ``plane_distance`` > 0 removes the dominant plane (the table) before sampling: points within
+    that distance (metres) of the plane :func:`dominant_plane` finds are dropped when it holds
+    at least ``plane_min_fraction`` of the points, so the groups describe the objects and the
+    gripper instead of the tabletop (a cloud without such a plane keeps every point).
     """
 
     num_points: int = 1024
@@ -77,6 +82,8 @@ class PointTokenizerConfig:
     hidden_dims: tuple[int, ...] = (64, 128)
     out_dim: int = 256
     colour: bool = False
+    plane_distance: float = 0.0
+    plane_min_fraction: float = 0.3
 
     @property
     def point_features(self) -> int:
@@ -100,6 +107,8 @@ class PointTokenizerConfig:
                 f'num_groups ({self.num_groups}) and group_size ({self.group_size}) cannot '
                 f'exceed num_points ({self.num_points})'
             )
+        if self.plane_distance < 0 or not 0 < self.plane_min_fraction <= 1:
+            raise ValueError('plane_distance must be >= 0 and plane_min_fraction in (0, 1]')
         if self.voxel_size < 0:
             raise ValueError(f'voxel_size must be >= 0, got {self.voxel_size}')
         if self.fps_candidates and self.fps_candidates < self.num_points:
@@ -234,6 +243,32 @@ def _resample(points: np.ndarray, config: PointTokenizerConfig) -> np.ndarray:
     return points[farthest_point_indices(points[:, :3], config.num_points)]
 
 
+def dominant_plane(
+    points: np.ndarray, distance: float, iterations: int = 64, seed: int = CANDIDATE_SEED
+) -> np.ndarray:
+    """
+    Mask (N,) of the points within ``distance`` of the plane that holds the most of them.
+
+    RANSAC: ``iterations`` planes through three random points (a fixed seed, so the result is
+    deterministic), the one with the most inliers wins. ``points`` (N, 3) must be finite.
+    """
+    count = len(points)
+    best = np.zeros(count, dtype=bool)
+    if count < 3:
+        return best
+    rng = np.random.default_rng(seed)
+    samples = points[rng.integers(0, count, size=(iterations, 3))]
+    normals = np.cross(samples[:, 1] - samples[:, 0], samples[:, 2] - samples[:, 0])
+    lengths = np.linalg.norm(normals, axis=1)
+    for normal, length, anchor in zip(normals, lengths, samples[:, 0]):
+        if length < 1e-12:  # three collinear or repeated points: no plane
+            continue
+        inliers = np.abs((points - anchor) @ (normal / length)) <= distance
+        if inliers.sum() > best.sum():
+            best = inliers
+    return best
+
+
 def point_colours(
     points: np.ndarray, rgb: np.ndarray, intrinsics: 'CameraIntrinsics'
 ) -> np.ndarray:
@@ -317,6 +352,12 @@ def sample_groups(
             f'no valid 3D points: all {len(valid)} points are NaN/inf or outside the workspace '
             f'box {config.workspace_min} .. {config.workspace_max}'
         )
+    if config.plane_distance > 0:
+        on_plane = dominant_plane(cloud[:, :3], config.plane_distance)
+        # Keep the plane when removing it would leave fewer points than the groups need.
+        if (on_plane.mean() >= config.plane_min_fraction
+                and (~on_plane).sum() >= config.num_groups):
+            cloud = cloud[~on_plane]
     if config.voxel_size > 0:
         cloud = voxel_downsample(cloud, config.voxel_size)
     num_valid = len(cloud)
