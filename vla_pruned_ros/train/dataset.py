@@ -1,16 +1,18 @@
 """
-Recorded demonstrations -> training samples, through the conversion code the policy node uses.
+Recorded demonstrations -> training samples, through the node's and the bag evaluation's code.
 
-A bag written by ``vla-pruned-ros sim record`` is replayed in time order: sensor messages are
-converted with :mod:`vla_pruned_ros.convert` and fed to an
-:class:`~vla_pruned_ros.sync.ObservationSynchronizer`, exactly as the node's callbacks would,
-and every synchronised :class:`~vla_pruned_ros.observation.Observation` that has an expert
-``ActionChunk`` with the same stamp becomes one sample. The 3D input is the recorded
-``PointCloud2`` (``use_cloud``), the one the simulator evaluation also feeds the policy.
+A bag written by ``vla-pruned-ros sim record`` is replayed in time order by
+:class:`vla_pruned_ros.eval.bag.BagReplay`: messages are converted with
+:mod:`vla_pruned_ros.convert` and synchronised by the node's
+:class:`~vla_pruned_ros.sync.ObservationSynchronizer`, and every synchronised
+:class:`~vla_pruned_ros.observation.Observation` that has an expert ``ActionChunk`` with the
+same stamp becomes one sample. The 3D input is the recorded ``PointCloud2``, the one the
+simulator evaluation also feeds the policy.
 
 Model inputs are deterministic per frame, so :func:`load_samples` computes them once
-(``model.vision.preprocess``, :func:`~vla_pruned_ros.tokens.points_3d.sample_groups`) and caches
-them per bag in an ``.npz`` file keyed by the bag's files and the model's input configuration.
+(``model.vision.preprocess``, :func:`~vla_pruned_ros.tokens.points_3d.observation_groups`) and
+caches them per bag in an ``.npz`` file keyed by the bag's files and the model's input
+configuration.
 """
 
 from collections.abc import Iterable, Iterator, Sequence
@@ -19,28 +21,12 @@ import hashlib
 import json
 from pathlib import Path
 from typing import Any, Optional
+import warnings
 
 import numpy as np
 
-from vla_pruned_ros.convert import (
-    camera_info_to_intrinsics,
-    image_to_rgb,
-    package_typestore,
-    pointcloud2_to_numpy,
-    stamp_to_ns,
-)
 from vla_pruned_ros.observation import Observation
-from vla_pruned_ros.sync import ObservationSynchronizer
 
-RGB_TOPIC = '/camera/color/image_raw'
-INFO_TOPIC = '/camera/color/camera_info'
-CLOUD_TOPIC = '/camera/depth/points'
-POSE_TOPIC = '/ee_pose'
-INSTRUCTION_TOPIC = '/instruction'
-EPISODE_TOPIC = '/episode'
-CHUNK_TOPIC = '/expert/action_chunk'
-TOPICS = (RGB_TOPIC, INFO_TOPIC, CLOUD_TOPIC, POSE_TOPIC, INSTRUCTION_TOPIC, EPISODE_TOPIC,
-          CHUNK_TOPIC)
 # Messages of one frame share a stamp; the recorder spaces frames by the control period.
 SYNC_SLOP_S = 0.01
 CACHE_VERSION = 2
@@ -104,82 +90,51 @@ def find_bags(paths: Iterable['str | Path']) -> list[Path]:
     return bags
 
 
-def _chunk_array(msg: Any) -> np.ndarray:
-    data = np.asarray(msg.data, dtype=np.float32)
-    if data.size != int(msg.horizon) * int(msg.action_dim):
-        raise DatasetError(
-            f'ActionChunk holds {data.size} values, not horizon {msg.horizon} x '
-            f'action_dim {msg.action_dim}'
-        )
-    return data.reshape(int(msg.horizon), int(msg.action_dim))
-
-
-def _pose_array(msg: Any) -> np.ndarray:
-    p, q = msg.pose.position, msg.pose.orientation
-    return np.array([p.x, p.y, p.z, q.x, q.y, q.z, q.w], dtype=np.float64)
-
-
 def read_episodes(bag_path: 'str | Path') -> Iterator[DemoEpisode]:
     """
     Replay a demonstration bag and yield its episodes with their labelled frames, in time order.
 
-    Raises ``DatasetError`` when the bag lacks rgb, point cloud, instruction or action chunks.
+    The bag is read by :class:`vla_pruned_ros.eval.bag.BagReplay`, the reader the bag
+    evaluation uses (topics found by type, messages converted and synchronised as the node
+    does, bad messages skipped and counted), with the 3D input from the recorded PointCloud2.
+    Every observation with an expert ``ActionChunk`` of the same stamp is a frame. Raises
+    ``DatasetError`` when the bag lacks rgb, point cloud, pose, instruction or action chunks.
     """
-    from rosbags.rosbag2 import Reader
+    from vla_pruned_ros.eval.bag import BagReplay
+    from vla_pruned_ros.eval.errors import EvalError
+    from vla_pruned_ros.eval.replay import ReplayOptions, plan_bag
+    from vla_pruned_ros.eval.topics import ACTION_CHUNK
 
-    typestore = package_typestore()
-    with Reader(Path(bag_path)) as reader:
-        present = {c.topic for c in reader.connections}
-        missing = [t for t in (RGB_TOPIC, CLOUD_TOPIC, INSTRUCTION_TOPIC, CHUNK_TOPIC)
-                   if t not in present]
-        if missing:
-            raise DatasetError(f'{bag_path} lacks the demonstration topics {missing}')
-        connections = [c for c in reader.connections if c.topic in TOPICS]
-        sync = ObservationSynchronizer(
-            slop_s=SYNC_SLOP_S, max_age_s=1.0, use_depth=False, use_cloud=True
-        )
-        episode = DemoEpisode(metadata={})
-        chunks: dict[int, np.ndarray] = {}
-        group_ns: Optional[int] = None
-
-        def flush() -> None:
-            # Every message of the frame at group_ns is in: pop it like an inference tick would.
-            if group_ns is None:
-                return
-            result = sync.pop_latest(group_ns)
-            if result.ok and result.observation.stamp_ns in chunks:
-                stamp = result.observation.stamp_ns
-                episode.frames.append(DemoFrame(result.observation, chunks.pop(stamp)))
-
-        for connection, timestamp, raw in reader.messages(connections=connections):
-            if group_ns is not None and timestamp > group_ns:
-                flush()
-            group_ns = timestamp
-            msg = typestore.deserialize_cdr(raw, connection.msgtype)
-            topic = connection.topic
-            if topic == EPISODE_TOPIC:
-                if episode.frames:
+    try:
+        topics, plan = plan_bag(bag_path, ReplayOptions(points_from='cloud'), needs_pose=True)
+    except EvalError as err:
+        raise DatasetError(f'{bag_path} lacks the demonstration topics: {err}') from None
+    if plan.action_type != ACTION_CHUNK or not plan.instruction:
+        raise DatasetError(f'{bag_path} lacks the demonstration topics: expert ActionChunk and '
+                           f'instruction topics are needed (found {plan.roles()})')
+    replay = BagReplay(bag_path, plan, topics, slop_s=SYNC_SLOP_S)
+    episode: Optional[DemoEpisode] = None
+    number = -1
+    try:
+        for frame in replay.frames():
+            if frame.episode != number:
+                if episode is not None and episode.frames:
                     yield episode
-                episode = DemoEpisode(metadata=json.loads(msg.data))
-                chunks.clear()
-                sync.reset()
-            elif topic == INSTRUCTION_TOPIC:
-                sync.set_instruction(msg.data)
-            elif topic == RGB_TOPIC:
-                sync.add_rgb(stamp_to_ns(msg.header.stamp), image_to_rgb(msg), msg.header.frame_id)
-            elif topic == INFO_TOPIC:
-                sync.add_camera_info(
-                    stamp_to_ns(msg.header.stamp), camera_info_to_intrinsics(msg)
-                )
-            elif topic == CLOUD_TOPIC:
-                sync.add_cloud(stamp_to_ns(msg.header.stamp), pointcloud2_to_numpy(msg)[0])
-            elif topic == POSE_TOPIC:
-                sync.add_ee_pose(stamp_to_ns(msg.header.stamp), _pose_array(msg))
-            elif topic == CHUNK_TOPIC:
-                chunks[stamp_to_ns(msg.header.stamp)] = _chunk_array(msg)
-        flush()
-        if episode.frames:
-            yield episode
+                number = frame.episode
+                episode = DemoEpisode(metadata=dict(replay.summary.episodes[number].metadata))
+            # The chunk of a frame's stamp is read with the frame's other messages.
+            chunk = replay.summary.recorded.pop(frame.observation.stamp_ns, None)
+            if chunk is not None:
+                episode.frames.append(DemoFrame(frame.observation, chunk))
+    except EvalError as err:  # nothing usable in the bag
+        raise DatasetError(str(err)) from None
+    skipped = {topic: counts.skipped for topic, counts in replay.summary.counts.items()
+               if counts.skipped}
+    if skipped:
+        warnings.warn(f'{bag_path}: unusable messages skipped per topic: {skipped}',
+                      stacklevel=2)
+    if episode is not None and episode.frames:
+        yield episode
 
 
 @dataclass
