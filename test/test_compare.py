@@ -24,7 +24,8 @@ def test_table_from_a_real_bench_run_and_pooled_success(tmp_path):
     sim = _sim_results([
         _cell('dense', None, 'reach', 9), _cell('dense', None, 'push', 7),
         _cell('random', 0.5, 'reach', 5), _cell('random', 0.5, 'push', 3),
-        _cell('safe', 0.25, 'reach', 10), _cell('safe', 0.25, 'push', 10),
+        {**_cell('safe', 0.25, 'reach', 10), 'tokens_in': 128, 'tokens_kept_mean': 40.0},
+        {**_cell('safe', 0.25, 'push', 10), 'tokens_in': 128, 'tokens_kept_mean': 20.0},
     ])
     (tmp_path / 'sim').mkdir()
     (tmp_path / 'sim' / 'results.json').write_text(json.dumps(sim))
@@ -44,7 +45,9 @@ def test_table_from_a_real_bench_run_and_pooled_success(tmp_path):
     assert lines['fastv:layer=1'][1].startswith(f"{rows['fastv:layer=1@0.25']['speedup']:.2f}x")
     assert lines['fastv:layer=1'][3] == '-'
     # a pruner only the simulator measured still gets its row
-    assert lines['safe'][0] == '-' and lines['safe'][4].startswith('100%')
+    assert lines['safe'][0] == '-'
+    # the simulator's mean visual tokens kept (full steps included), pooled over families
+    assert lines['safe'][4] == '100% (84%-100%, 30/128 tok)'
 
 
 def test_missing_input_is_a_clear_error(tmp_path, capsys):

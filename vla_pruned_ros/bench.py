@@ -101,13 +101,6 @@ def bag_observations(path: str, count: int, needs_pose: bool) -> list:
     return observations
 
 
-def pruner_specs(values: Sequence[str]) -> list:
-    """Parse ``--pruners`` (names, ``name:key=value,...`` or ``all``) into PrunerSpecs."""
-    from vla_pruned_ros.pruning.spec import expand_all, parse_pruner_spec
-
-    return [parse_pruner_spec(value) for value in expand_all(values)]
-
-
 def _percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float('nan')
 
@@ -297,10 +290,11 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from vla_pruned_ros.policy import Policy
+    from vla_pruned_ros.pruning.spec import parse_pruner_specs
 
     try:
         budgets = parse_budgets(args.budgets)
-        specs = pruner_specs(args.pruners)
+        specs = parse_pruner_specs(args.pruners)
     except (argparse.ArgumentTypeError, ValueError) as err:
         print(f'vla-pruned-ros bench: error: {err}', file=sys.stderr)
         return 2

@@ -45,13 +45,22 @@ def speed_cells(bench: dict[str, Any]) -> dict[tuple[str, Optional[float]], dict
 
 
 def success_cells(sim: dict[str, Any]) -> dict[tuple[str, Optional[float]], dict[str, float]]:
-    """(spec, keep ratio) -> successes and episodes pooled over families, from ``results.json``."""
+    """
+    (spec, keep ratio) -> successes, episodes and visual tokens kept, pooled over families.
+
+    ``tokens`` is the episode-weighted mean of the cells' mean visual tokens per step (full
+    steps included), ``tokens_in`` the tokens one observation gives.
+    """
     cells: dict[tuple[str, Optional[float]], dict[str, float]] = {}
     for cell in sim['cells']:
         pooled = cells.setdefault((cell['pruner'], cell['keep_ratio']),
-                                  {'successes': 0, 'episodes': 0})
+                                  {'successes': 0, 'episodes': 0, 'token_sum': 0.0,
+                                   'tokens_in': cell.get('tokens_in', 0)})
         pooled['successes'] += cell['successes']
         pooled['episodes'] += cell['episodes']
+        pooled['token_sum'] += cell.get('tokens_kept_mean', 0.0) * cell['episodes']
+    for pooled in cells.values():
+        pooled['tokens'] = pooled.pop('token_sum') / max(pooled['episodes'], 1)
     return cells
 
 
@@ -100,7 +109,8 @@ def comparison_table(bench: dict[str, Any], sim: dict[str, Any],
             return '-'
         low, high = wilson_interval(int(cell['successes']), int(cell['episodes']))
         rate = cell['successes'] / cell['episodes']
-        return f'{rate:.0%} ({low:.0%}-{high:.0%})'
+        tokens = f", {cell['tokens']:.0f}/{cell['tokens_in']:.0f} tok" if cell['tokens_in'] else ''
+        return f'{rate:.0%} ({low:.0%}-{high:.0%}{tokens})'
 
     percents = [f'{100 * b:g}%' for b in budgets]
     lines = [
@@ -125,7 +135,8 @@ def comparison_table(bench: dict[str, Any], sim: dict[str, Any],
         f"Command: `{meta.get('command', '?')}`.",
         f"Success: closed loop in the MuJoCo tabletop, {sim.get('split', '?')} split, "
         f"{sim.get('episodes', '?')} episodes per family ({families}) pooled, model "
-        f"`{sim.get('model', '?')}`; in brackets the 95% Wilson interval.",
+        f"`{sim.get('model', '?')}`; in brackets the 95% Wilson interval and the mean visual "
+        'tokens kept per step in those episodes (full steps included).',
     ]
     return '\n'.join(lines) + '\n'
 

@@ -108,15 +108,16 @@ def _load_policy(args: argparse.Namespace) -> tuple[Any, str]:
 
 
 def _configurations(args: argparse.Namespace) -> list:
-    from vla_pruned_ros.bench import BenchConfiguration, parse_budgets, pruner_specs
+    from vla_pruned_ros.bench import BenchConfiguration, parse_budgets
     from vla_pruned_ros.eval.errors import EvalError
+    from vla_pruned_ros.pruning.spec import parse_pruner_specs
 
     try:
         budgets = parse_budgets(args.budgets)
     except (argparse.ArgumentTypeError, ValueError) as err:
         raise EvalError(str(err)) from None
     try:
-        specs = pruner_specs(args.pruners)
+        specs = parse_pruner_specs(args.pruners)
     except ValueError as err:
         raise EvalError(str(err)) from None
     return [BenchConfiguration(spec.name, budget, spec.options) for spec in specs

@@ -115,6 +115,11 @@ def expand_all(values: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(expanded))
 
 
+def parse_pruner_specs(values: Sequence[str]) -> list[PrunerSpec]:
+    """Parse a command line's ``--pruners`` (names, specs, ``all``) into specs."""
+    return [parse_pruner_spec(value) for value in expand_all(values)]
+
+
 def parse_options_by_pruner(text: str) -> dict[str, dict[str, Any]]:
     """
     Parse ``name:key=value,...;name:key=value,...`` (the node's ``pruner_options``).
