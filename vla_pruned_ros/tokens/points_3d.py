@@ -253,20 +253,20 @@ def dominant_plane(
     deterministic), the one with the most inliers wins. ``points`` (N, 3) must be finite.
     """
     count = len(points)
-    best = np.zeros(count, dtype=bool)
     if count < 3:
-        return best
+        return np.zeros(count, dtype=bool)
     rng = np.random.default_rng(seed)
-    samples = points[rng.integers(0, count, size=(iterations, 3))]
+    samples = points[rng.integers(0, count, size=(iterations, 3))].astype(np.float64)
     normals = np.cross(samples[:, 1] - samples[:, 0], samples[:, 2] - samples[:, 0])
     lengths = np.linalg.norm(normals, axis=1)
-    for normal, length, anchor in zip(normals, lengths, samples[:, 0]):
-        if length < 1e-12:  # three collinear or repeated points: no plane
-            continue
-        inliers = np.abs((points - anchor) @ (normal / length)) <= distance
-        if inliers.sum() > best.sum():
-            best = inliers
-    return best
+    usable = lengths > 1e-12  # three collinear or repeated points make no plane
+    if not usable.any():
+        return np.zeros(count, dtype=bool)
+    normals = normals[usable] / lengths[usable, None]
+    offsets = np.einsum('ij,ij->i', normals, samples[usable, 0])
+    # All candidate planes at once: one (N, planes) distance matrix instead of a Python loop.
+    inliers = np.abs(points.astype(np.float64) @ normals.T - offsets) <= distance
+    return inliers[:, int(inliers.sum(axis=0).argmax())]
 
 
 def point_colours(
