@@ -19,6 +19,7 @@ from vla_pruned_ros.train.trainer import (
     TrainConfig,
     TrainError,
     action_statistics,
+    drop_proprio,
     forward,
     train,
     warm_start,
@@ -181,3 +182,17 @@ def test_auxiliary_localisation_loss_is_trained_logged_and_resumed(bag, tmp_path
     assert not any('probe' in name for name in load_file(out / 'model' / 'model.safetensors'))
     with pytest.raises(TrainError, match='aux_weight'):
         train(_config(bag, tmp_path / 'bad', aux_weight=-1.0))
+
+
+def test_proprio_dropout_zeroes_whole_rows_at_the_given_rate(bag, tmp_path):
+    proprio = torch.ones(2000, 7)
+    dropped = drop_proprio(proprio, 0.5, np.random.default_rng(0))
+    zero_rows = (dropped == 0).all(dim=1)
+    kept_rows = (dropped == 1).all(dim=1)
+    assert (zero_rows | kept_rows).all()  # whole rows, never single values
+    assert 0.45 < zero_rows.float().mean() < 0.55
+    assert (proprio == 1).all()  # the batch itself is not modified
+    assert drop_proprio(proprio, 0.0, np.random.default_rng(0)) is proprio
+    assert train(_config(bag, tmp_path / 'run', steps=2, proprio_drop_prob=1.0)).step == 2
+    with pytest.raises(TrainError, match='proprio_drop_prob'):
+        train(_config(bag, tmp_path / 'bad', proprio_drop_prob=1.5))

@@ -48,6 +48,9 @@ def add_parser(subparsers: 'argparse._SubParsersAction') -> argparse.ArgumentPar
                         help='weight of the auxiliary loss that predicts where the named target '
                              'object is from the action-query states (needs bags from sim '
                              'record; 0 = off)')
+    parser.add_argument('--proprio-drop-prob', type=float, default=0.0,
+                        help='share of training frames trained without the end-effector pose '
+                             'input (zeroed), so the policy has to use its cameras (0 = off)')
     parser.add_argument('--no-progress', dest='progress', action='store_false')
     return parser
 
@@ -63,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every, token_drop_prob=args.token_drop_prob,
         min_keep=args.min_keep, threads=args.threads, progress=args.progress,
         init_from=args.init_from or '', aux_weight=args.aux_weight,
+        proprio_drop_prob=args.proprio_drop_prob,
     )
     try:
         result = train(config)

@@ -93,6 +93,10 @@ class TrainConfig:
     # the words name, where it is) faster than the action loss alone; the probe is not part
     # of the saved model and costs nothing at inference.
     aux_weight: float = 0.0
+    # Share of training frames whose end-effector pose input is zeroed (0 = off): a policy that
+    # can read its phase from the pose alone learns to ignore the cameras (a shortcut seen in
+    # the shipped model); without the pose half the time it has to look.
+    proprio_drop_prob: float = 0.0
 
     def validate(self) -> None:
         """Raise ``TrainError`` for values that cannot train."""
@@ -104,6 +108,8 @@ class TrainConfig:
             raise TrainError('--init-from starts a new run; it cannot be combined with --resume')
         if not (self.aux_weight >= 0 and math.isfinite(self.aux_weight)):
             raise TrainError(f'aux_weight must be a finite number >= 0, got {self.aux_weight}')
+        if not 0 <= self.proprio_drop_prob <= 1:
+            raise TrainError(f'proprio_drop_prob must lie in [0, 1], got {self.proprio_drop_prob}')
         if not 0 <= self.token_drop_prob <= 1 or not 0 < self.min_keep <= 1:
             raise TrainError('token_drop_prob must lie in [0, 1] and min_keep in (0, 1]')
         if self.val_every < 2:
@@ -164,6 +170,14 @@ def action_statistics(actions: np.ndarray) -> tuple[list[float], list[float]]:
     std = flat.std(axis=0)
     std = np.where(std < MIN_ACTION_STD, 1.0, std)
     return mean.tolist(), std.tolist()
+
+
+def drop_proprio(proprio: torch.Tensor, prob: float, rng: np.random.Generator) -> torch.Tensor:
+    """Zero the pose input of each row with probability ``prob`` (a copy; 0 = unchanged)."""
+    if prob <= 0:
+        return proprio
+    dropped = torch.from_numpy(rng.random(len(proprio)) < prob)
+    return proprio.masked_fill(dropped[:, None], 0.0)
 
 
 def _random_subset(batch: int, total: int, keep: int, generator: torch.Generator) -> torch.Tensor:
@@ -426,6 +440,7 @@ def train(config: TrainConfig) -> TrainResult:
         while step < config.steps:
             rows = torch.randint(len(train_batches), (config.batch_size,), generator=batch_rng)
             *inputs, targets = train_batches.get(rows)
+            inputs[4] = drop_proprio(inputs[4], config.proprio_drop_prob, drop_rng)
             keep_2d = keep_3d = None
             if drop_rng.random() < config.token_drop_prob:
                 count_2d = int(drop_rng.integers(math.ceil(config.min_keep * n_2d), n_2d + 1))
