@@ -89,9 +89,10 @@ class TrainConfig:
     init_from: str = ''
     # Weight of the auxiliary localisation loss (0 = off): from the final action-query states
     # a linear probe predicts where the named target object is relative to the gripper (see
-    # dataset.target_position), in units of AUX_SCALE_M. It teaches grounding (which object
-    # the words name, where it is) faster than the action loss alone; the probe is not part
-    # of the saved model and costs nothing at inference.
+    # dataset.target_position), in units of AUX_SCALE_M. Meant to teach grounding (which
+    # object the words name, where it is) directly; on the shipped runs it did not yet (see
+    # docs/training.md). The probe is not part of the saved model and costs nothing at
+    # inference.
     aux_weight: float = 0.0
     # Share of training frames whose end-effector pose input is zeroed (0 = off): a policy that
     # can read its phase from the pose alone learns to ignore the cameras (a shortcut seen in
