@@ -5,6 +5,7 @@ import json
 import pytest
 
 from vla_pruned_ros.cli import main
+from vla_pruned_ros.confidence import wilson_interval
 from vla_pruned_ros.model.checkpoint import save_model
 from vla_pruned_ros.policy import Policy
 from vla_pruned_ros.pruning import available_pruners
@@ -15,7 +16,6 @@ from vla_pruned_ros.sim.evaluate import (
     evaluate,
     markdown_table,
     run_policy_episode,
-    wilson_interval,
     write_report,
 )
 

@@ -21,9 +21,13 @@ import platform
 import resource
 import sys
 import time
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from vla_pruned_ros.pruning.base import Pruner
+    from vla_pruned_ros.pruning.spec import PrunerSpec
 
 
 @dataclass
@@ -35,11 +39,20 @@ class BenchConfiguration:
     options: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def spec(self) -> str:
-        """The pruner with its options, e.g. 'info_entropy:reuse=false' (see pruning.spec)."""
+    def pruner_spec(self) -> 'PrunerSpec':
+        """The pruner and its option overrides as a :class:`PrunerSpec`."""
         from vla_pruned_ros.pruning.spec import PrunerSpec
 
-        return PrunerSpec(self.pruner, self.options).label
+        return PrunerSpec(self.pruner, self.options)
+
+    @property
+    def spec(self) -> str:
+        """The pruner with its options, e.g. 'info_entropy:reuse=false' (see pruning.spec)."""
+        return self.pruner_spec.label
+
+    def make_pruner(self) -> 'Pruner':
+        """A fresh pruner of this configuration (``ValueError`` for a bad name or option)."""
+        return self.pruner_spec.create()
 
     @property
     def label(self) -> str:
@@ -116,9 +129,7 @@ def run_benchmark(
     import torch
     from tqdm import tqdm
 
-    from vla_pruned_ros.pruning import create_pruner
-
-    pruners = {c.label: create_pruner(c.pruner, **c.options) for c in configurations}
+    pruners = {c.label: c.make_pruner() for c in configurations}
     records: dict[str, list[Any]] = {c.label: [] for c in configurations}
     cuda = policy.device.type == 'cuda'
     peak_memory: dict[str, float] = {}

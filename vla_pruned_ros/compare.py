@@ -20,6 +20,8 @@ from pathlib import Path
 import sys
 from typing import Any, Optional
 
+from vla_pruned_ros.confidence import wilson_interval
+
 
 def _load(path: str, file_name: str) -> dict[str, Any]:
     location = Path(path)
@@ -91,8 +93,6 @@ def merge_sim_results(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
 def comparison_table(bench: dict[str, Any], sim: dict[str, Any],
                      budgets: Sequence[float] = (0.5, 0.25, 0.125)) -> str:
     """The markdown table: one row per pruner, speedup then success per budget."""
-    from vla_pruned_ros.sim.evaluate import wilson_interval
-
     speed, success = speed_cells(bench), success_cells(sim)
     specs = list(dict.fromkeys([key[0] for key in speed] + [key[0] for key in success]))
     specs.sort(key=lambda spec: spec != 'dense')

@@ -149,11 +149,9 @@ def replay_bags(
     """
     from tqdm import tqdm
 
-    from vla_pruned_ros.pruning import create_pruner
-
     options = options or ReplayOptions()
     configurations = with_dense(configurations)
-    pruners = {c.label: create_pruner(c.pruner, **c.options) for c in configurations}
+    pruners = {c.label: c.make_pruner() for c in configurations}
     budgets = {c.label: c.make_budget() for c in configurations}
     runs = [ConfigurationRun(c) for c in configurations]
     needs_pose = bool(policy.model.n_proprio)

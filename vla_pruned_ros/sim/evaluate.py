@@ -18,7 +18,6 @@ tokens kept, one line per pruner, one panel per family).
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 import json
-import math
 from pathlib import Path
 import platform
 import time
@@ -26,6 +25,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from vla_pruned_ros.confidence import wilson_interval
 from vla_pruned_ros.sim.env import TabletopEnv
 from vla_pruned_ros.sim.tasks import FAMILIES, SPLITS
 
@@ -33,28 +33,10 @@ EXECUTE_STEPS = 4
 # Point cloud density of the recorded demonstrations (sim record --points-stride).
 POINTS_STRIDE = 2
 DENSE = 'dense'
-WILSON_Z = 1.959963984540054  # two-sided 95%
 
 
 class EvalError(ValueError):
     """Unknown pruner, family or split, or a non-positive episode count or budget."""
-
-
-def wilson_interval(successes: int, trials: int, z: float = WILSON_Z) -> tuple[float, float]:
-    """
-    Return the Wilson score interval (low, high) of a binomial proportion.
-
-    (0, 1) for zero trials. Unlike the normal approximation it stays inside [0, 1] and is
-    sensible at 0 or ``trials`` successes.
-    """
-    if trials <= 0:
-        return 0.0, 1.0
-    p = successes / trials
-    denominator = 1 + z * z / trials
-    centre = (p + z * z / (2 * trials)) / denominator
-    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denominator
-    # Rounding must not push a bound past the observed rate (at 0 or ``trials`` successes).
-    return max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half))
 
 
 @dataclass
