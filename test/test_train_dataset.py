@@ -1,6 +1,9 @@
 """Demonstration bags -> training samples through the project's conversion and sync code."""
 
 import json
+from pathlib import Path
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -119,3 +122,24 @@ def test_target_offsets_come_from_the_episode_metadata(bag, model):
     assert np.isnan(target_position({})).all()
     assert np.isnan(target_position({'target': 'red cube', 'objects': [
         {'colour': 'blue', 'shape': 'cube', 'x': 0.1, 'y': 0.2}]})).all()
+
+
+def test_grounding_probe_trains_on_a_runs_cache(bag, tmp_path):
+    """tools/grounding_probe.py reads a training cache and reports baselines and a curve."""
+    colour = preset_config('tiny')
+    colour.points.colour = True
+    load_samples([bag], MultiModalVLA(colour), cache_dir=tmp_path / 'cache')
+    script = Path(__file__).resolve().parents[1] / 'tools' / 'grounding_probe.py'
+    command = [sys.executable, str(script), str(tmp_path / 'cache'), '--steps', '3',
+               '--eval-every', '2', '--val-every', '2', '--variant', 'film',
+               '--out', str(tmp_path / 'probe.json')]
+    subprocess.run(command, check=True, capture_output=True, text=True, timeout=300)
+    report = json.loads((tmp_path / 'probe.json').read_text())
+    assert report['variant'] == 'film'
+    assert [point['step'] for point in report['curve']] == [2, 3]
+    assert all(np.isfinite(point['val_l1']) for point in report['curve'])
+    assert report['baselines']['median'] > 0
+    (tmp_path / 'empty').mkdir()
+    empty = subprocess.run(command[:2] + [str(tmp_path / 'empty')], capture_output=True,
+                           text=True, timeout=300)
+    assert empty.returncode == 2 and 'no cached samples' in empty.stderr

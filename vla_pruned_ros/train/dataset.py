@@ -185,7 +185,7 @@ _ARRAYS = ('pixel_values', 'neighbourhoods', 'centres', 'proprio', 'actions', 'i
            'episode', 'family', 'target_xy')
 
 
-def _concat(parts: Sequence[Samples]) -> Samples:
+def concat_samples(parts: Sequence[Samples]) -> Samples:
     """Concatenate samples, remapping string indices and renumbering episodes."""
     instructions: list[str] = []
     families: list[str] = []
@@ -277,6 +277,13 @@ def encode_bag(bag: 'str | Path', model: Any) -> Samples:
     )
 
 
+def read_cached_samples(path: 'str | Path') -> Samples:
+    """The samples of one bag as :func:`load_samples` cached them (a ``.npz`` file)."""
+    with np.load(path) as data:
+        strings = json.loads(str(data['strings']))
+        return Samples(**{k: data[k] for k in _ARRAYS}, **strings)
+
+
 def load_samples(
     paths: Iterable['str | Path'], model: Any, cache_dir: Optional['str | Path'] = None,
     progress: bool = False,
@@ -297,9 +304,7 @@ def load_samples(
     for bag in iterator:
         cache = Path(cache_dir) / f'{bag.name}-{_cache_key(bag, model)}.npz' if cache_dir else None
         if cache is not None and cache.is_file():
-            with np.load(cache) as data:
-                strings = json.loads(str(data['strings']))
-                parts.append(Samples(**{k: data[k] for k in _ARRAYS}, **strings))
+            parts.append(read_cached_samples(cache))
             continue
         samples = encode_bag(bag, model)
         if cache is not None:
@@ -310,4 +315,4 @@ def load_samples(
                      **{k: getattr(samples, k) for k in _ARRAYS})
             partial.replace(cache)
         parts.append(samples)
-    return _concat(parts)
+    return concat_samples(parts)
