@@ -130,6 +130,8 @@ def test_devices_and_dtypes():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match='CUDA is not available'):
             resolve_device('cuda')
+    with pytest.raises(ValueError, match='unknown device'):
+        resolve_device('gpu')
     assert resolve_dtype('bf16') is torch.bfloat16
     with pytest.raises(ValueError):
         resolve_dtype('int3')

@@ -133,6 +133,11 @@ def test_train_command(bag, tmp_path, capsys):
     assert main(['train', '--data', str(tmp_path / 'missing'), '--out', str(tmp_path / 'x'),
                  '--no-progress']) == 2
     assert 'not a rosbag2 folder' in capsys.readouterr().err
+    # A device that does not exist here is refused before anything is read or written.
+    missing = 'gpu' if torch.cuda.is_available() else 'cuda'
+    assert main(['train', '--data', str(bag), '--out', str(tmp_path / 'y'), '--device', missing,
+                 '--no-progress']) == 2
+    assert 'device' in capsys.readouterr().err and not (tmp_path / 'y').exists()
 
 
 def test_warm_start_widens_the_point_encoder_for_colour_without_changing_its_output():

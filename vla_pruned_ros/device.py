@@ -6,10 +6,18 @@ DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 
 
 def resolve_device(name: str = 'auto') -> torch.device:
-    """'auto' picks CUDA when available, else the CPU; 'cuda' without a GPU is an error."""
+    """
+    'auto' picks CUDA when available, else the CPU.
+
+    Raises ``ValueError`` for a name torch does not know, and for 'cuda' without a GPU.
+    """
     if name == 'auto':
         return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(
+            f"unknown device {name!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
     if device.type == 'cuda' and not torch.cuda.is_available():
         raise ValueError(f'device {name!r} requested but CUDA is not available here')
     return device

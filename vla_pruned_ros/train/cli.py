@@ -38,6 +38,9 @@ def add_parser(subparsers: 'argparse._SubParsersAction') -> argparse.ArgumentPar
                         help='fraction of batches trained on a random subset of visual tokens')
     parser.add_argument('--min-keep', type=float, default=0.125,
                         help='smallest fraction of 2D / 3D tokens such a batch keeps')
+    parser.add_argument('--device', default='auto',
+                        help="'auto' (CUDA when a GPU is present, else the CPU), 'cpu', 'cuda' "
+                             "or 'cuda:N'")
     parser.add_argument('--threads', type=int, default=0,
                         help='torch CPU threads (default: torch chooses)')
     parser.add_argument('--init-from', metavar='MODEL_DIR',
@@ -64,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
         data=list(args.data), out=args.out, preset=args.preset, steps=args.steps,
         batch_size=args.batch_size, lr=args.lr, seed=args.seed, resume=args.resume,
         checkpoint_every=args.checkpoint_every, token_drop_prob=args.token_drop_prob,
-        min_keep=args.min_keep, threads=args.threads, progress=args.progress,
+        min_keep=args.min_keep, threads=args.threads, device=args.device,
+        progress=args.progress,
         init_from=args.init_from or '', aux_weight=args.aux_weight,
         proprio_drop_prob=args.proprio_drop_prob,
     )

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 from transformers.masking_utils import create_causal_mask
 
+from vla_pruned_ros.device import resolve_device
 from vla_pruned_ros.model.checkpoint import load_model, save_model
 from vla_pruned_ros.model.mvla import MultiModalVLA
 from vla_pruned_ros.model.presets import preset_config
@@ -82,6 +83,9 @@ class TrainConfig:
     min_keep: float = 0.125
     grad_clip: float = 1.0
     threads: int = 0
+    # 'auto' trains on CUDA when a GPU is present, else on the CPU; the batches stay in host
+    # memory and only the drawn rows are copied to the device.
+    device: str = 'auto'
     resume: bool = False
     progress: bool = True
     # Start from this model directory's weights and tokenizer (see warm_start) instead of a
@@ -147,6 +151,7 @@ class _Batches:
         return len(self.targets)
 
     def get(self, rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Inputs and targets of ``rows``, in host memory."""
         return (self.pixel_values[rows].float(), self.neighbourhoods[rows], self.centres[rows],
                 self.input_ids[rows], self.proprio[rows], self.targets[rows])
 
@@ -210,20 +215,18 @@ def forward(
     """
     batch = pixel_values.shape[0]
     features = model.encode_2d(pixel_values)
+    device = features.device
     n_2d, n_3d = features.shape[1], centres.shape[1]
-    if keep_2d is None:
-        keep_2d = torch.arange(n_2d).expand(batch, -1)
-    if keep_3d is None:
-        keep_3d = torch.arange(n_3d).expand(batch, -1)
+    keep_2d = (torch.arange(n_2d).expand(batch, -1) if keep_2d is None else keep_2d).to(device)
+    keep_3d = (torch.arange(n_3d).expand(batch, -1) if keep_3d is None else keep_3d).to(device)
     features = torch.gather(features, 1, keep_2d[..., None].expand(-1, -1, features.shape[2]))
     tokens_2d = model.project_2d_tokens(features)
-    rows = torch.arange(batch)[:, None]
+    rows = torch.arange(batch, device=device)[:, None]
     tokens_3d = model.encode_3d(neighbourhoods[rows, keep_3d], centres[rows, keep_3d])
     embeds = model.assemble(tokens_2d, tokens_3d, input_ids, proprio)
     rest = embeds.shape[1] - keep_2d.shape[1] - keep_3d.shape[1]
-    positions = torch.cat([
-        keep_2d, keep_3d + n_2d, (n_2d + n_3d + torch.arange(rest)).expand(batch, -1)
-    ], dim=1)
+    after_visual = n_2d + n_3d + torch.arange(rest, device=device)
+    positions = torch.cat([keep_2d, keep_3d + n_2d, after_visual.expand(batch, -1)], dim=1)
     decoder = model.decoder
     mask = create_causal_mask(config=decoder.config, inputs_embeds=embeds, attention_mask=None,
                               past_key_values=None, position_ids=None)
@@ -258,15 +261,21 @@ def _split(
     return samples.subset(np.flatnonzero(~is_val)), samples.subset(val_rows)
 
 
+def _to(tensors: 'list[torch.Tensor] | tuple[torch.Tensor, ...]',
+        device: torch.device) -> list[torch.Tensor]:
+    return [tensor.to(device, non_blocking=True) for tensor in tensors]
+
+
 @torch.no_grad()
 def validation_loss(model: MultiModalVLA, batches: _Batches, batch_size: int = 64) -> float:
     """Mean L1 loss of normalised chunks over ``batches`` with every visual token."""
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     total, count = 0.0, 0
     for start in range(0, len(batches), batch_size):
         rows = torch.arange(start, min(start + batch_size, len(batches)))
-        *inputs, targets = batches.get(rows)
+        *inputs, targets = _to(batches.get(rows), device)
         prediction = forward(model, *inputs)
         total += float((prediction - targets).abs().mean(dim=(1, 2)).sum())
         count += len(rows)
@@ -343,6 +352,7 @@ def train(config: TrainConfig) -> TrainResult:
     resume without one, and ``DatasetError`` for unusable bags.
     """
     config.validate()
+    device = resolve_device(config.device)
     started = time.perf_counter()
     out = Path(config.out)
     state_path = out / STATE_FILE
@@ -353,7 +363,7 @@ def train(config: TrainConfig) -> TrainResult:
         if not state_path.is_file():
             raise TrainError(f'nothing to resume: {state_path} does not exist')
         model, tokenizer = load_model(str(out / MODEL_DIR))
-        state = torch.load(state_path, weights_only=False)
+        state = torch.load(state_path, weights_only=False, map_location='cpu')
         step = int(state['step'])
     else:
         if state_path.exists() or (out / MODEL_DIR).exists():
@@ -396,8 +406,9 @@ def train(config: TrainConfig) -> TrainResult:
     train_batches = _Batches(train_samples, encoder, model)
     val_batches = _Batches(val_samples, encoder, model) if val_samples is not None else None
 
+    model.to(device)
     model.train()
-    probe = nn.Linear(model.config.decoder.hidden_size, 2)
+    probe = nn.Linear(model.config.decoder.hidden_size, 2).to(device)
     parameters = list(model.parameters())
     if config.aux_weight > 0:
         parameters += list(probe.parameters())
@@ -423,7 +434,7 @@ def train(config: TrainConfig) -> TrainResult:
                 'torch': torch.get_rng_state()}
 
     if config.progress:
-        print(f'training {model.config.preset}: {len(train_batches)} frames '
+        print(f'training {model.config.preset} on {device}: {len(train_batches)} frames '
               f'({train_samples.num_episodes} episodes), validation '
               f'{len(val_batches) if val_batches else 0} frames; '
               f'{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters', flush=True)
@@ -442,6 +453,7 @@ def train(config: TrainConfig) -> TrainResult:
             rows = torch.randint(len(train_batches), (config.batch_size,), generator=batch_rng)
             *inputs, targets = train_batches.get(rows)
             inputs[4] = drop_proprio(inputs[4], config.proprio_drop_prob, drop_rng)
+            *inputs, targets = _to([*inputs, targets], device)
             keep_2d = keep_3d = None
             if drop_rng.random() < config.token_drop_prob:
                 count_2d = int(drop_rng.integers(math.ceil(config.min_keep * n_2d), n_2d + 1))
@@ -456,7 +468,8 @@ def train(config: TrainConfig) -> TrainResult:
             loss = (prediction - targets).abs().mean()
             total = loss
             if config.aux_weight > 0:
-                localisation = aux_loss(probe, states, train_batches.aux_labels(rows))
+                labels = train_batches.aux_labels(rows).to(device)
+                localisation = aux_loss(probe, states, labels)
                 total = loss + config.aux_weight * localisation
                 running_aux.append(localisation.item())
             optimizer.zero_grad(set_to_none=True)
