@@ -34,6 +34,10 @@ from vla_pruned_ros.train.trainer import AUX_SCALE_M, _split
 
 VARIANTS = ('plain', 'film', 'normalised')
 MAX_WORDS = 16
+# With --approach-only, frames whose gripper is nearer than this (horizontally) to where the
+# target started are left out: until then nothing can have moved the object, so the label
+# (its start position) is where the cloud shows it.
+APPROACH_DISTANCE_M = 0.06
 
 
 def _word_ids(samples: Samples, vocabulary: dict[str, int]) -> np.ndarray:
@@ -102,6 +106,9 @@ def main() -> None:
                         help='every N-th episode is held out (as in training)')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--threads', type=int, default=1)
+    parser.add_argument('--approach-only', action='store_true',
+                        help=f'only frames with the gripper >= {APPROACH_DISTANCE_M} m from the '
+                             'target (pushed or lifted objects have left their start position)')
     parser.add_argument('--out', help='write the curve as JSON here')
     args = parser.parse_args()
     torch.manual_seed(args.seed)
@@ -111,6 +118,9 @@ def main() -> None:
         parser.error(f'no cached samples (*.npz) in {args.cache}')
     samples = concat_samples([read_cached_samples(f) for f in files])
     known = np.isfinite(samples.target_xy).all(axis=1)
+    if args.approach_only:
+        with np.errstate(invalid='ignore'):
+            known &= np.linalg.norm(samples.target_xy, axis=1) >= APPROACH_DISTANCE_M
     if not known.any():
         parser.error('these samples have no target labels (bags without /episode metadata)')
     samples = samples.subset(np.flatnonzero(known))
@@ -140,6 +150,8 @@ def main() -> None:
     print(f'{len(train)} training / {len(val)} validation frames, {len(vocabulary)} words; '
           f'validation L1 (10 cm units): median label {constant:.3f}, pose-only linear '
           f'{linear:.3f}', flush=True)
+    families = {name: torch.from_numpy(val.family == index)
+                for index, name in enumerate(val.families) if (val.family == index).any()}
 
     model = GroundingProbe(len(vocabulary) + 1, args.variant, train_t[0].shape[-1])
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
@@ -155,16 +167,19 @@ def main() -> None:
         optimizer.step()
         if step % args.eval_every == 0 or step == args.steps:
             with torch.no_grad():
-                val_l1 = float((model(*val_t[:3]) - val_t[3]).abs().mean())
-            curve.append({'step': step, 'train_l1': float(loss), 'val_l1': val_l1,
+                errors = (model(*val_t[:3]) - val_t[3]).abs().mean(dim=1)
+            curve.append({'step': step, 'train_l1': float(loss), 'val_l1': float(errors.mean()),
+                          'val_l1_by_family': {name: round(float(errors[rows].mean()), 4)
+                                               for name, rows in families.items()},
                           'elapsed_s': round(time.perf_counter() - started, 1)})
             print(json.dumps(curve[-1]), flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps({
             'variant': args.variant, 'steps': args.steps, 'batch_size': args.batch_size,
-            'lr': args.lr, 'seed': args.seed, 'baselines': {'median': constant,
-                                                           'pose_linear': linear},
-            'curve': curve}, indent=2) + '\n', encoding='utf-8')
+            'lr': args.lr, 'seed': args.seed, 'approach_only': args.approach_only,
+            'frames': {'train': len(train), 'validation': len(val)},
+            'baselines': {'median': constant, 'pose_linear': linear}, 'curve': curve,
+        }, indent=2) + '\n', encoding='utf-8')
 
 
 if __name__ == '__main__':
