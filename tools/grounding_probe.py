@@ -168,7 +168,7 @@ def main() -> None:
         if step % args.eval_every == 0 or step == args.steps:
             with torch.no_grad():
                 errors = (model(*val_t[:3]) - val_t[3]).abs().mean(dim=1)
-            curve.append({'step': step, 'train_l1': float(loss), 'val_l1': float(errors.mean()),
+            curve.append({'step': step, 'train_l1': loss.item(), 'val_l1': float(errors.mean()),
                           'val_l1_by_family': {name: round(float(errors[rows].mean()), 4)
                                                for name, rows in families.items()},
                           'elapsed_s': round(time.perf_counter() - started, 1)})
