@@ -12,10 +12,12 @@ from vla_pruned_ros.model.mvla import MultiModalVLA
 from vla_pruned_ros.model.presets import preset_config
 from vla_pruned_ros.sim.record import read_episode_metadata, record_episodes
 from vla_pruned_ros.train.dataset import (
+    APPROACH_DISTANCE_M,
     DatasetError,
     find_bags,
     load_samples,
     read_episodes,
+    target_groups,
     target_position,
 )
 
@@ -144,3 +146,41 @@ def test_grounding_probe_trains_on_a_runs_cache(bag, tmp_path):
     empty = subprocess.run(command[:2] + [str(tmp_path / 'empty')], capture_output=True,
                            text=True, timeout=300)
     assert empty.returncode == 2 and 'no cached samples' in empty.stderr
+
+
+def test_group_labels_mark_the_point_groups_on_the_named_object():
+    camera_to_world = np.eye(4)
+    camera_to_world[:3, 3] = (1.0, 2.0, 0.0)  # camera frame = world shifted by (1, 2, 0)
+    centres = np.array([[0.1, 0.2, 0.5], [0.12, 0.2, 0.3], [0.3, 0.2, 0.5]])
+    target = np.array([1.1, 2.2])
+    labels = target_groups(centres, camera_to_world, target, ee_xy=np.array([1.5, 2.5]))
+    np.testing.assert_array_equal(labels, [1.0, 1.0, 0.0])  # height does not matter
+    # unknown: no transform, no target, or the gripper close enough to have moved the object
+    assert np.isnan(target_groups(centres, None, target, np.array([1.5, 2.5]))).all()
+    assert np.isnan(target_groups(centres, camera_to_world, np.full(2, np.nan),
+                                  np.array([1.5, 2.5]))).all()
+    near = target + (APPROACH_DISTANCE_M / 2, 0.0)
+    assert np.isnan(target_groups(centres, camera_to_world, target, near)).all()
+
+
+def test_group_labels_of_recorded_frames_lie_on_the_target(bag):
+    """With the sim preset's tokens the marked groups of a reach carry the named colour."""
+    from vla_pruned_ros.sim.scene import COLOURS
+
+    samples = load_samples([bag], MultiModalVLA(preset_config('sim')))
+    labelled = np.isfinite(samples.target_groups).all(axis=1)
+    near = np.linalg.norm(samples.target_xy, axis=1) < APPROACH_DISTANCE_M
+    np.testing.assert_array_equal(labelled, ~near)
+    assert labelled.any() and np.isnan(samples.target_groups[~labelled]).all()
+    marked = samples.target_groups == 1
+    assert marked[labelled].any(axis=1).mean() > 0.8  # the object is in view while approached
+    matches = []
+    reach = samples.family == samples.families.index('reach')
+    for row in np.flatnonzero(marked.any(axis=1) & reach):
+        text = samples.instructions[samples.instruction[row]]
+        colour = next(word for word in text.split() if word in COLOURS)
+        seen = samples.neighbourhoods[row, marked[row], :, 3:6].reshape(-1, 3).mean(axis=0)
+        nearest = min(COLOURS, key=lambda name: np.linalg.norm(
+            seen / seen.sum() - np.array(COLOURS[name]) / sum(COLOURS[name])))
+        matches.append(nearest == colour)
+    assert len(matches) > 3 and np.mean(matches) > 0.8, matches

@@ -16,11 +16,13 @@ from vla_pruned_ros.sim.record import read_episode_metadata, record_episodes
 from vla_pruned_ros.tokens.layout import TokenLayout
 from vla_pruned_ros.train.dataset import read_episodes
 from vla_pruned_ros.train.trainer import (
+    GroundingProbe,
     TrainConfig,
     TrainError,
     action_statistics,
     drop_proprio,
     forward,
+    grounding_loss,
     train,
     warm_start,
 )
@@ -180,13 +182,51 @@ def test_auxiliary_localisation_loss_is_trained_logged_and_resumed(bag, tmp_path
     log = [json.loads(line) for line in (out / 'log.jsonl').read_text().splitlines()]
     assert all(np.isfinite(r['aux_loss']) and r['aux_loss'] > 0 for r in log)
     assert 'aux_probe' in torch.load(out / 'training_state.pt', weights_only=False)
-    with pytest.raises(TrainError, match='with the auxiliary loss'):
+    with pytest.raises(TrainError, match='trained with --aux-weight'):
         train(_config(bag, out, steps=4, resume=True))
     assert train(_config(bag, out, steps=4, resume=True, aux_weight=1.0)).step == 4
     # the probe is a training aid: the saved model is the plain policy
     assert not any('probe' in name for name in load_file(out / 'model' / 'model.safetensors'))
     with pytest.raises(TrainError, match='aux_weight'):
         train(_config(bag, tmp_path / 'bad', aux_weight=-1.0))
+
+
+def test_grounding_loss_is_trained_logged_and_resumed(bag, tmp_path):
+    out = tmp_path / 'ground'
+    # token dropout on every batch: the labels must follow the kept 3D tokens
+    train(_config(bag, out, steps=2, ground_weight=1.0, token_drop_prob=1.0))
+    log = [json.loads(line) for line in (out / 'log.jsonl').read_text().splitlines()]
+    assert all(np.isfinite(r['ground_loss']) and r['ground_loss'] >= 0 for r in log)
+    state = torch.load(out / 'training_state.pt', weights_only=False)
+    assert 'ground_probe' in state and 'aux_probe' not in state
+    with pytest.raises(TrainError, match='trained with --ground-weight'):
+        train(_config(bag, out, steps=4, resume=True))
+    assert train(_config(bag, out, steps=4, resume=True, ground_weight=1.0)).step == 4
+    assert not any('probe' in name for name in load_file(out / 'model' / 'model.safetensors'))
+    with pytest.raises(TrainError, match='ground_weight'):
+        train(_config(bag, tmp_path / 'bad', ground_weight=float('nan')))
+
+
+def test_grounding_probe_learns_to_pick_out_the_marked_tokens():
+    torch.manual_seed(0)
+    probe = GroundingProbe(16)
+    tokens = torch.randn(64, 10, 16)
+    queries = torch.randn(64, 8, 16)
+    # the marked token of each row is the one most like its query (a learnable relation)
+    labels = torch.zeros(64, 10)
+    labels[torch.arange(64), torch.einsum('bd,bnd->bn', queries.mean(1), tokens).argmax(1)] = 1
+    labels[:4] = float('nan')  # rows without a label are left out, not counted as zeros
+    optimiser = torch.optim.Adam(probe.parameters(), lr=1e-2)
+    first = grounding_loss(probe, queries, tokens, labels).item()
+    for _ in range(200):
+        loss = grounding_loss(probe, queries, tokens, labels)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    assert loss.item() < 0.5 * first
+    hits = probe(queries[4:], tokens[4:]).argmax(1) == labels[4:].argmax(1)
+    assert hits.float().mean() > 0.9
+    assert grounding_loss(probe, queries, tokens, torch.full((64, 10), float('nan'))) == 0
 
 
 def test_proprio_dropout_zeroes_whole_rows_at_the_given_rate(bag, tmp_path):

@@ -29,15 +29,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from vla_pruned_ros.train.dataset import Samples, concat_samples, read_cached_samples
+from vla_pruned_ros.train.dataset import (
+    APPROACH_DISTANCE_M,
+    Samples,
+    concat_samples,
+    read_cached_samples,
+)
 from vla_pruned_ros.train.trainer import AUX_SCALE_M, _split
 
 VARIANTS = ('plain', 'film', 'normalised')
 MAX_WORDS = 16
-# With --approach-only, frames whose gripper is nearer than this (horizontally) to where the
-# target started are left out: until then nothing can have moved the object, so the label
-# (its start position) is where the cloud shows it.
-APPROACH_DISTANCE_M = 0.06
 
 
 def _word_ids(samples: Samples, vocabulary: dict[str, int]) -> np.ndarray:
@@ -108,7 +109,8 @@ def main() -> None:
     parser.add_argument('--threads', type=int, default=1)
     parser.add_argument('--approach-only', action='store_true',
                         help=f'only frames with the gripper >= {APPROACH_DISTANCE_M} m from the '
-                             'target (pushed or lifted objects have left their start position)')
+                             'target, where its start position is still where the cloud shows '
+                             'it (the frames the grounding loss labels, dataset.target_groups)')
     parser.add_argument('--out', help='write the curve as JSON here')
     args = parser.parse_args()
     torch.manual_seed(args.seed)

@@ -51,6 +51,9 @@ def add_parser(subparsers: 'argparse._SubParsersAction') -> argparse.ArgumentPar
                         help='weight of the auxiliary loss that predicts where the named target '
                              'object is from the action-query states (needs bags from sim '
                              'record; 0 = off)')
+    parser.add_argument('--ground-weight', type=float, default=0.0,
+                        help='weight of the grounding loss that marks the 3D tokens on the named '
+                             'object from the final states (needs bags from sim record; 0 = off)')
     parser.add_argument('--proprio-drop-prob', type=float, default=0.0,
                         help='share of training frames trained without the end-effector pose '
                              'input (zeroed), so the policy has to use its cameras (0 = off)')
@@ -70,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
         min_keep=args.min_keep, threads=args.threads, device=args.device,
         progress=args.progress,
         init_from=args.init_from or '', aux_weight=args.aux_weight,
+        ground_weight=args.ground_weight,
         proprio_drop_prob=args.proprio_drop_prob,
     )
     try:

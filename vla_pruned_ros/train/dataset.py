@@ -29,7 +29,15 @@ from vla_pruned_ros.observation import Observation
 
 # Messages of one frame share a stamp; the recorder spaces frames by the control period.
 SYNC_SLOP_S = 0.01
-CACHE_VERSION = 2
+CACHE_VERSION = 4
+# A 3D point group is labelled 'on the target' when its centre lies within this horizontal
+# distance (world frame) of where the named object started.
+GROUND_RADIUS_M = 0.03
+# While the gripper is at least this far (horizontally) from that start position nothing can
+# have moved the object and no finger is within GROUND_RADIUS_M of it, so the groups there are
+# the object's; nearer frames get no grounding label (a pushed or lifted object has left its
+# start, and the push expert lowers its fingers about 7 cm behind the object).
+APPROACH_DISTANCE_M = 0.10
 
 
 class DatasetError(ValueError):
@@ -69,6 +77,38 @@ def target_position(metadata: dict) -> np.ndarray:
         if f"{item.get('colour')} {item.get('shape')}" == target:
             return np.array([item['x'], item['y']], np.float32)
     return np.full(2, np.nan, np.float32)
+
+
+def target_groups(
+    centres: np.ndarray, camera_to_world: Optional[np.ndarray], target_xy: np.ndarray,
+    ee_xy: np.ndarray,
+) -> np.ndarray:
+    """
+    Which point groups lie on the named object: 1.0 / 0.0 per group, or all NaN when unknown.
+
+    ``centres`` [G, 3] are camera-frame group centres, ``camera_to_world`` the 4x4 transform
+    from the ``/episode`` metadata, ``target_xy`` the world (x, y) where the target started
+    and ``ee_xy`` the gripper's. NaN when the transform or the target is unknown, or the
+    gripper is nearer than ``APPROACH_DISTANCE_M`` (see there). The label of the grounding loss
+    (``vla-pruned-ros train --ground-weight``).
+    """
+    unknown = np.full(len(centres), np.nan, np.float32)
+    if camera_to_world is None or not np.isfinite(target_xy).all():
+        return unknown
+    if np.linalg.norm(np.asarray(target_xy) - np.asarray(ee_xy)) < APPROACH_DISTANCE_M:
+        return unknown
+    transform = np.asarray(camera_to_world, np.float64)
+    world = np.asarray(centres, np.float64) @ transform[:3, :3].T + transform[:3, 3]
+    distance = np.linalg.norm(world[:, :2] - np.asarray(target_xy, np.float64), axis=1)
+    return (distance <= GROUND_RADIUS_M).astype(np.float32)
+
+
+def _camera_to_world(metadata: dict) -> Optional[np.ndarray]:
+    transform = metadata.get('camera_to_world')
+    if transform is None:
+        return None
+    transform = np.asarray(transform, np.float64)
+    return transform if transform.shape == (4, 4) and np.isfinite(transform).all() else None
 
 
 def find_bags(paths: Iterable['str | Path']) -> list[Path]:
@@ -148,7 +188,8 @@ class Samples:
     ``family`` [N] indices into ``families``. ``target_xy`` [N, 2] is where the instruction's
     target object started (world x, y) relative to the end effector at that frame, from the
     recorder's ``/episode`` metadata, or NaN when the bag does not say (the label of the
-    auxiliary localisation loss, see :func:`target_position`).
+    auxiliary localisation loss, see :func:`target_position`). ``target_groups`` [N, G] marks
+    the point groups on that object (1/0, NaN rows where unknown; see :func:`target_groups`).
     """
 
     pixel_values: np.ndarray
@@ -160,6 +201,7 @@ class Samples:
     episode: np.ndarray
     family: np.ndarray
     target_xy: np.ndarray
+    target_groups: np.ndarray
     instructions: list[str]
     families: list[str]
 
@@ -176,13 +218,13 @@ class Samples:
         return Samples(
             self.pixel_values[rows], self.neighbourhoods[rows], self.centres[rows],
             self.proprio[rows], self.actions[rows], self.instruction[rows], self.episode[rows],
-            self.family[rows], self.target_xy[rows], list(self.instructions),
-            list(self.families),
+            self.family[rows], self.target_xy[rows], self.target_groups[rows],
+            list(self.instructions), list(self.families),
         )
 
 
 _ARRAYS = ('pixel_values', 'neighbourhoods', 'centres', 'proprio', 'actions', 'instruction',
-           'episode', 'family', 'target_xy')
+           'episode', 'family', 'target_xy', 'target_groups')
 
 
 def concat_samples(parts: Sequence[Samples]) -> Samples:
@@ -193,7 +235,7 @@ def concat_samples(parts: Sequence[Samples]) -> Samples:
     episode_offset = 0
     for part in parts:
         for name in ('pixel_values', 'neighbourhoods', 'centres', 'proprio', 'actions',
-                     'target_xy'):
+                     'target_xy', 'target_groups'):
             arrays[name].append(getattr(part, name))
         for names, key, values in ((instructions, 'instruction', part.instructions),
                                    (families, 'family', part.families)):
@@ -239,6 +281,7 @@ def encode_bag(bag: 'str | Path', model: Any) -> Samples:
         if episode.family not in families:
             families.append(episode.family)
         target = target_position(episode.metadata)
+        camera_to_world = _camera_to_world(episode.metadata)
         for frame in episode.frames:
             obs = frame.observation
             if frame.chunk.shape[0] < config.horizon or frame.chunk.shape[1] != config.action_dim:
@@ -259,7 +302,10 @@ def encode_bag(bag: 'str | Path', model: Any) -> Samples:
             rows['instruction'].append(instructions.index(obs.instruction))
             rows['episode'].append(number)
             rows['family'].append(families.index(episode.family))
-            rows['target_xy'].append(target - np.asarray(obs.ee_pose[:2], np.float32))
+            ee_xy = np.asarray(obs.ee_pose[:2], np.float32)
+            rows['target_xy'].append(target - ee_xy)
+            rows['target_groups'].append(
+                target_groups(groups.centres, camera_to_world, target, ee_xy))
     if not rows['actions']:
         raise DatasetError(f'{bag} holds no observation with an expert action chunk')
     return Samples(
@@ -272,6 +318,7 @@ def encode_bag(bag: 'str | Path', model: Any) -> Samples:
         episode=np.asarray(rows['episode'], np.int32),
         family=np.asarray(rows['family'], np.int32),
         target_xy=np.stack(rows['target_xy']).astype(np.float32),
+        target_groups=np.stack(rows['target_groups']).astype(np.float32),
         instructions=instructions,
         families=families,
     )

@@ -98,6 +98,13 @@ class TrainConfig:
     # docs/training.md). The probe is not part of the saved model and costs nothing at
     # inference.
     aux_weight: float = 0.0
+    # Weight of the grounding loss (0 = off): from the final states, a bilinear probe scores
+    # every kept 3D token against the mean action-query state, trained (binary cross-entropy)
+    # to mark the point groups on the named object (dataset.target_groups). The localisation
+    # loss above only says where the object is; this one says which tokens it is, a signal per
+    # token instead of one per frame (see docs/training.md for why that matters). The probe is
+    # not part of the saved model.
+    ground_weight: float = 0.0
     # Share of training frames whose end-effector pose input is zeroed (0 = off): a policy that
     # can read its phase from the pose alone learns to ignore the cameras (a shortcut seen in
     # the shipped model); without the pose half the time it has to look.
@@ -111,8 +118,10 @@ class TrainConfig:
             raise TrainError(f'learning rate must be positive, got {self.lr}')
         if self.resume and self.init_from:
             raise TrainError('--init-from starts a new run; it cannot be combined with --resume')
-        if not (self.aux_weight >= 0 and math.isfinite(self.aux_weight)):
-            raise TrainError(f'aux_weight must be a finite number >= 0, got {self.aux_weight}')
+        for name in ('aux_weight', 'ground_weight'):
+            value = getattr(self, name)
+            if not (value >= 0 and math.isfinite(value)):
+                raise TrainError(f'{name} must be a finite number >= 0, got {value}')
         if not 0 <= self.proprio_drop_prob <= 1:
             raise TrainError(f'proprio_drop_prob must lie in [0, 1], got {self.proprio_drop_prob}')
         if not 0 <= self.token_drop_prob <= 1 or not 0 < self.min_keep <= 1:
@@ -146,6 +155,7 @@ class _Batches:
         mean, std = model.action_mean.cpu(), model.action_std.cpu()
         self.targets = (torch.from_numpy(samples.actions) - mean) / std
         self.target_xy = torch.from_numpy(samples.target_xy) / AUX_SCALE_M
+        self.target_groups = torch.from_numpy(samples.target_groups)
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -159,6 +169,10 @@ class _Batches:
         """Target offsets [B, 2] in AUX_SCALE_M units (NaN where unknown)."""
         return self.target_xy[rows]
 
+    def group_labels(self, rows: torch.Tensor) -> torch.Tensor:
+        """On-target marks [B, G] of every point group (NaN rows where unknown)."""
+        return self.target_groups[rows]
+
 
 def aux_loss(probe: nn.Module, action_states: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """L1 of the probe's target offsets from the mean action-query state; 0 without labels."""
@@ -167,6 +181,32 @@ def aux_loss(probe: nn.Module, action_states: torch.Tensor, labels: torch.Tensor
         return action_states.sum() * 0.0
     prediction = probe(action_states[known].mean(dim=1).float())
     return (prediction - labels[known]).abs().mean()
+
+
+class GroundingProbe(nn.Module):
+    """Bilinear scores [B, n3] of 3D token states against the mean action-query state."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.query = nn.Linear(width, width)
+        self.key = nn.Linear(width, width)
+        self.scale = width ** -0.5
+
+    def forward(self, query_states: torch.Tensor, token_states: torch.Tensor) -> torch.Tensor:
+        """Logits that each token lies on the object the instruction names."""
+        query = self.query(query_states.mean(dim=1).float())
+        keys = self.key(token_states.float())
+        return torch.einsum('bd,bnd->bn', query, keys) * self.scale
+
+
+def grounding_loss(probe: GroundingProbe, query_states: torch.Tensor,
+                   token_states: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of the probe's scores over rows with labels; 0 without any."""
+    known = torch.isfinite(labels).all(dim=1)
+    if not known.any():
+        return token_states.sum() * 0.0
+    logits = probe(query_states[known], token_states[known])
+    return nn.functional.binary_cross_entropy_with_logits(logits, labels[known])
 
 
 def action_statistics(actions: np.ndarray) -> tuple[list[float], list[float]]:
@@ -206,7 +246,8 @@ def forward(
     """
     Normalised action chunks [B, horizon, 7], optionally from a subset of the visual tokens.
 
-    With ``return_states`` also the final action-query states [B, horizon, width].
+    With ``return_states`` also the final hidden states of the whole sequence [B, L, width]
+    (kept 2D tokens, kept 3D tokens, text, proprio, action queries).
 
     ``keep_2d`` [B, n2] / ``keep_3d`` [B, n3] are sorted patch / group indices. Kept tokens
     keep their original rotary positions and the causal mask is built from the length alone,
@@ -237,8 +278,8 @@ def forward(
         if isinstance(hidden, tuple):
             hidden = hidden[0]
     hidden = decoder.norm(hidden)
-    states = hidden[:, -model.config.horizon:]
-    return (model.head(states), states) if return_states else model.head(states)
+    prediction = model.head(hidden[:, -model.config.horizon:])
+    return (prediction, hidden) if return_states else prediction
 
 
 def _learning_rate(config: TrainConfig, step: int) -> float:
@@ -286,7 +327,7 @@ def validation_loss(model: MultiModalVLA, batches: _Batches, batch_size: int = 6
 def _save_checkpoint(
     out: Path, model: MultiModalVLA, tokenizer: Any, optimizer: torch.optim.Optimizer,
     step: int, config: TrainConfig, generators: dict[str, Any],
-    probe: Optional[nn.Module] = None,
+    probes: Optional[dict[str, nn.Module]] = None,
 ) -> None:
     # Write next to the old checkpoint, then swap: an interrupted save leaves a usable model.
     staging = out / f'{MODEL_DIR}.partial'
@@ -306,8 +347,8 @@ def _save_checkpoint(
         'config': asdict(config),
         'generators': generators,
     }
-    if probe is not None:
-        state['aux_probe'] = probe.state_dict()
+    for key, probe in (probes or {}).items():
+        state[key] = probe.state_dict()
     torch.save(state, out / f'{STATE_FILE}.partial')
     os.replace(out / f'{STATE_FILE}.partial', out / STATE_FILE)
 
@@ -408,18 +449,23 @@ def train(config: TrainConfig) -> TrainResult:
 
     model.to(device)
     model.train()
-    probe = nn.Linear(model.config.decoder.hidden_size, 2).to(device)
+    width = model.config.decoder.hidden_size
     parameters = list(model.parameters())
-    if config.aux_weight > 0:
-        parameters += list(probe.parameters())
-        if state is not None and 'aux_probe' not in state:
-            raise TrainError('this run was trained without the auxiliary loss: resume it with '
-                             '--aux-weight 0')
-        if state is not None:
-            probe.load_state_dict(state['aux_probe'])
-    elif state is not None and 'aux_probe' in state:
-        raise TrainError('this run was trained with the auxiliary loss: resume it with the same '
-                         '--aux-weight')
+    # Training-only heads of the auxiliary losses, kept in the training state for --resume.
+    probes: dict[str, nn.Module] = {}
+    for key, weight, module, flag in (
+        ('aux_probe', config.aux_weight, nn.Linear(width, 2), '--aux-weight'),
+        ('ground_probe', config.ground_weight, GroundingProbe(width), '--ground-weight'),
+    ):
+        if weight > 0:
+            if state is not None and key not in state:
+                raise TrainError(f'this run was trained without {flag}: resume it with {flag} 0')
+            if state is not None:
+                module.load_state_dict(state[key])
+            probes[key] = module.to(device)
+            parameters += list(module.parameters())
+        elif state is not None and key in state:
+            raise TrainError(f'this run was trained with {flag}: resume it with the same {flag}')
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
     batch_rng = torch.Generator().manual_seed(config.seed)
     drop_rng = np.random.default_rng(config.seed)
@@ -447,6 +493,7 @@ def train(config: TrainConfig) -> TrainResult:
     n_3d = model.config.points.num_groups
     running: list[float] = []
     running_aux: list[float] = []
+    running_ground: list[float] = []
     val_loss: Optional[float] = None
     try:
         while step < config.steps:
@@ -467,11 +514,23 @@ def train(config: TrainConfig) -> TrainResult:
                                          return_states=True)
             loss = (prediction - targets).abs().mean()
             total = loss
-            if config.aux_weight > 0:
+            query_states = states[:, -model.config.horizon:]
+            if 'aux_probe' in probes:
                 labels = train_batches.aux_labels(rows).to(device)
-                localisation = aux_loss(probe, states, labels)
-                total = loss + config.aux_weight * localisation
+                localisation = aux_loss(probes['aux_probe'], query_states, labels)
+                total = total + config.aux_weight * localisation
                 running_aux.append(localisation.item())
+            if 'ground_probe' in probes:
+                kept_2d = n_2d if keep_2d is None else keep_2d.shape[1]
+                kept_3d = n_3d if keep_3d is None else keep_3d.shape[1]
+                group_labels = train_batches.group_labels(rows)
+                if keep_3d is not None:
+                    group_labels = torch.gather(group_labels, 1, keep_3d)
+                grounding = grounding_loss(probes['ground_probe'], query_states,
+                                           states[:, kept_2d:kept_2d + kept_3d],
+                                           group_labels.to(device))
+                total = total + config.ground_weight * grounding
+                running_ground.append(grounding.item())
             optimizer.zero_grad(set_to_none=True)
             total.backward()
             torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip)
@@ -487,6 +546,8 @@ def train(config: TrainConfig) -> TrainResult:
                           'lr': lr, 'elapsed_s': round(time.perf_counter() - started, 1)}
                 if running_aux:
                     record['aux_loss'] = float(np.mean(running_aux[-config.log_every:]))
+                if running_ground:
+                    record['ground_loss'] = float(np.mean(running_ground[-config.log_every:]))
                 if checkpoint and val_batches is not None:
                     val_loss = validation_loss(model, val_batches)
                     record['val_loss'] = val_loss
@@ -495,7 +556,7 @@ def train(config: TrainConfig) -> TrainResult:
                     bar.write(json.dumps(record))
             if checkpoint:
                 _save_checkpoint(out, model, tokenizer, optimizer, step, config, generators(),
-                                 probe if config.aux_weight > 0 else None)
+                                 probes)
     finally:
         if bar is not None:
             bar.close()
