@@ -133,11 +133,12 @@ def test_grounding_probe_trains_on_a_runs_cache(bag, tmp_path):
     load_samples([bag], MultiModalVLA(colour), cache_dir=tmp_path / 'cache')
     script = Path(__file__).resolve().parents[1] / 'tools' / 'grounding_probe.py'
     command = [sys.executable, str(script), str(tmp_path / 'cache'), '--steps', '3',
-               '--eval-every', '2', '--val-every', '2', '--variant', 'film', '--approach-only',
-               '--out', str(tmp_path / 'probe.json')]
+               '--eval-every', '2', '--val-every', '2', '--variant', 'pointer',
+               '--group-weight', '1', '--approach-only', '--out', str(tmp_path / 'probe.json')]
     subprocess.run(command, check=True, capture_output=True, text=True, timeout=300)
     report = json.loads((tmp_path / 'probe.json').read_text())
-    assert report['variant'] == 'film' and report['approach_only']
+    assert report['variant'] == 'pointer' and report['approach_only']
+    assert report['group_weight'] == 1
     assert set(report['curve'][-1]['val_l1_by_family']) <= {'reach', 'push'}
     assert [point['step'] for point in report['curve']] == [2, 3]
     assert all(np.isfinite(point['val_l1']) for point in report['curve'])

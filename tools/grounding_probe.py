@@ -12,7 +12,11 @@ gripper (world x, y, in units of 10 cm). Validation is every 20th episode, as in
 It prints two baselines (the median label; a least-squares fit on the pose alone, which knows
 no object) and the validation L1 as training goes. Variants test cheap ideas in minutes
 instead of hour-long BC runs: ``film`` (the words' mean embedding scales and shifts every
-point token) and ``normalised`` (inputs standardised per feature).
+point token), ``normalised`` (inputs standardised per feature) and ``pointer`` (no transformer:
+each group is scored against the bag of words, the answer is the score-weighted mean of the
+group centres). ``--group-weight`` adds, for the pointer, the per-token label of
+``vla-pruned-ros train --ground-weight`` (binary cross-entropy on the scores against
+``dataset.target_groups``): one label per token instead of one per frame.
 
 Usage::
 
@@ -37,7 +41,7 @@ from vla_pruned_ros.train.dataset import (
 )
 from vla_pruned_ros.train.trainer import AUX_SCALE_M, _split
 
-VARIANTS = ('plain', 'film', 'normalised')
+VARIANTS = ('plain', 'film', 'normalised', 'pointer')
 MAX_WORDS = 16
 
 
@@ -94,6 +98,35 @@ class GroundingProbe(nn.Module):
         return self.out(self.encoder(tokens)[:, -1])
 
 
+class PointerProbe(nn.Module):
+    """Groups scored against the bag of words; the score-weighted centre, minus the pose."""
+
+    def __init__(self, vocabulary: int, groups: torch.Tensor, width: int = 64) -> None:
+        super().__init__()
+        flat = groups.reshape(-1, groups.shape[-1])
+        self.register_buffer('mean', flat.mean(0))
+        self.register_buffer('std', flat.std(0) + 1e-6)
+        self.words = nn.EmbeddingBag(vocabulary, width, mode='mean', padding_idx=0)
+        self.groups = nn.Sequential(
+            nn.Linear(groups.shape[-1], width), nn.GELU(), nn.Linear(width, width))
+        self.score = nn.Sequential(nn.Linear(2 * width, width), nn.GELU(), nn.Linear(width, 1))
+        # Positions in AUX_SCALE_M units, so the affine maps need weights of order one.
+        self.place = nn.Linear(3, 2)
+        self.pose = nn.Linear(7, 2)
+        self.logits = torch.zeros(0)
+
+    def forward(
+        self, groups: torch.Tensor, words: torch.Tensor, pose: torch.Tensor
+    ) -> torch.Tensor:
+        """Target offsets [B, 2]; the group scores are kept in ``logits`` [B, G]."""
+        features = self.groups((groups - self.mean) / self.std)
+        words_mean = self.words(words).unsqueeze(1).expand_as(features)
+        self.logits = self.score(torch.cat([features, features * words_mean], -1)).squeeze(-1)
+        centre = (self.logits.softmax(-1).unsqueeze(-1) * groups[..., :3]).sum(1)
+        scaled_pose = torch.cat([pose[:, :3] / AUX_SCALE_M, pose[:, 3:]], dim=1)
+        return self.place(centre / AUX_SCALE_M) - self.pose(scaled_pose)
+
+
 def main() -> None:
     """Train the probe and print baselines and the validation curve."""
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0].strip())
@@ -111,8 +144,12 @@ def main() -> None:
                         help=f'only frames with the gripper >= {APPROACH_DISTANCE_M} m from the '
                              'target, where its start position is still where the cloud shows '
                              'it (the frames the grounding loss labels, dataset.target_groups)')
+    parser.add_argument('--group-weight', type=float, default=0.0,
+                        help='pointer only: weight of the per-group on-target loss')
     parser.add_argument('--out', help='write the curve as JSON here')
     args = parser.parse_args()
+    if args.group_weight and args.variant != 'pointer':
+        parser.error('--group-weight needs --variant pointer')
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     files = sorted(Path(args.cache).glob('*.npz'))
@@ -135,7 +172,8 @@ def main() -> None:
         words = _word_ids(part, vocabulary)
         return (torch.from_numpy(_group_features(part)), torch.from_numpy(words),
                 torch.from_numpy(part.proprio.astype(np.float32)),
-                torch.from_numpy(part.target_xy / AUX_SCALE_M))
+                torch.from_numpy(part.target_xy / AUX_SCALE_M),
+                torch.from_numpy(part.target_groups))
 
     train_t, val_t = tensors(train), tensors(val)
     if args.variant == 'normalised':
@@ -155,7 +193,10 @@ def main() -> None:
     families = {name: torch.from_numpy(val.family == index)
                 for index, name in enumerate(val.families) if (val.family == index).any()}
 
-    model = GroundingProbe(len(vocabulary) + 1, args.variant, train_t[0].shape[-1])
+    if args.variant == 'pointer':
+        model: nn.Module = PointerProbe(len(vocabulary) + 1, train_t[0])
+    else:
+        model = GroundingProbe(len(vocabulary) + 1, args.variant, train_t[0].shape[-1])
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
     generator = torch.Generator().manual_seed(args.seed)
     curve = []
@@ -164,13 +205,18 @@ def main() -> None:
         rows = torch.randint(len(train_t[3]), (args.batch_size,), generator=generator)
         prediction = model(*(t[rows] for t in train_t[:3]))
         loss = (prediction - train_t[3][rows]).abs().mean()
+        group_labels = train_t[4][rows]
+        known = torch.isfinite(group_labels).all(dim=1)
+        if args.group_weight and known.any():
+            loss = loss + args.group_weight * nn.functional.binary_cross_entropy_with_logits(
+                model.logits[known], group_labels[known])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         if step % args.eval_every == 0 or step == args.steps:
             with torch.no_grad():
                 errors = (model(*val_t[:3]) - val_t[3]).abs().mean(dim=1)
-            curve.append({'step': step, 'train_l1': loss.item(), 'val_l1': float(errors.mean()),
+            curve.append({'step': step, 'train_loss': loss.item(), 'val_l1': float(errors.mean()),
                           'val_l1_by_family': {name: round(float(errors[rows].mean()), 4)
                                                for name, rows in families.items()},
                           'elapsed_s': round(time.perf_counter() - started, 1)})
@@ -179,6 +225,7 @@ def main() -> None:
         Path(args.out).write_text(json.dumps({
             'variant': args.variant, 'steps': args.steps, 'batch_size': args.batch_size,
             'lr': args.lr, 'seed': args.seed, 'approach_only': args.approach_only,
+            'group_weight': args.group_weight,
             'frames': {'train': len(train), 'validation': len(val)},
             'baselines': {'median': constant, 'pose_linear': linear}, 'curve': curve,
         }, indent=2) + '\n', encoding='utf-8')
