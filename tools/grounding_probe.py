@@ -64,7 +64,7 @@ def _group_features(samples: Samples) -> np.ndarray:
     return np.concatenate(parts, axis=-1).astype(np.float32)
 
 
-class GroundingProbe(nn.Module):
+class TransformerProbe(nn.Module):
     """Point-group, word, pose and query tokens through a small transformer encoder."""
 
     def __init__(self, vocabulary: int, variant: str, group_features: int, width: int = 128,
@@ -84,7 +84,7 @@ class GroundingProbe(nn.Module):
 
     def forward(
         self, groups: torch.Tensor, words: torch.Tensor, pose: torch.Tensor
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, None]:
         """Target offsets [B, 2] from groups [B, G, F], word ids [B, W] and poses [B, 7]."""
         group_tokens = self.groups(groups)
         word_tokens = self.words(words)
@@ -95,7 +95,7 @@ class GroundingProbe(nn.Module):
             group_tokens = group_tokens * (1 + gamma) + beta
         tokens = torch.cat([group_tokens, word_tokens, self.pose(pose).unsqueeze(1),
                             self.query.expand(len(groups), -1, -1)], dim=1)
-        return self.out(self.encoder(tokens)[:, -1])
+        return self.out(self.encoder(tokens)[:, -1]), None
 
 
 class PointerProbe(nn.Module):
@@ -113,18 +113,17 @@ class PointerProbe(nn.Module):
         # Positions in AUX_SCALE_M units, so the affine maps need weights of order one.
         self.place = nn.Linear(3, 2)
         self.pose = nn.Linear(7, 2)
-        self.logits = torch.zeros(0)
 
     def forward(
         self, groups: torch.Tensor, words: torch.Tensor, pose: torch.Tensor
-    ) -> torch.Tensor:
-        """Target offsets [B, 2]; the group scores are kept in ``logits`` [B, G]."""
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Target offsets [B, 2] and the group scores (logits) [B, G]."""
         features = self.groups((groups - self.mean) / self.std)
         words_mean = self.words(words).unsqueeze(1).expand_as(features)
-        self.logits = self.score(torch.cat([features, features * words_mean], -1)).squeeze(-1)
-        centre = (self.logits.softmax(-1).unsqueeze(-1) * groups[..., :3]).sum(1)
+        logits = self.score(torch.cat([features, features * words_mean], -1)).squeeze(-1)
+        centre = (logits.softmax(-1).unsqueeze(-1) * groups[..., :3]).sum(1)
         scaled_pose = torch.cat([pose[:, :3] / AUX_SCALE_M, pose[:, 3:]], dim=1)
-        return self.place(centre / AUX_SCALE_M) - self.pose(scaled_pose)
+        return self.place(centre / AUX_SCALE_M) - self.pose(scaled_pose), logits
 
 
 def main() -> None:
@@ -196,26 +195,26 @@ def main() -> None:
     if args.variant == 'pointer':
         model: nn.Module = PointerProbe(len(vocabulary) + 1, train_t[0])
     else:
-        model = GroundingProbe(len(vocabulary) + 1, args.variant, train_t[0].shape[-1])
+        model = TransformerProbe(len(vocabulary) + 1, args.variant, train_t[0].shape[-1])
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
     generator = torch.Generator().manual_seed(args.seed)
     curve = []
     started = time.perf_counter()
     for step in range(1, args.steps + 1):
         rows = torch.randint(len(train_t[3]), (args.batch_size,), generator=generator)
-        prediction = model(*(t[rows] for t in train_t[:3]))
+        prediction, logits = model(*(t[rows] for t in train_t[:3]))
         loss = (prediction - train_t[3][rows]).abs().mean()
         group_labels = train_t[4][rows]
         known = torch.isfinite(group_labels).all(dim=1)
         if args.group_weight and known.any():
             loss = loss + args.group_weight * nn.functional.binary_cross_entropy_with_logits(
-                model.logits[known], group_labels[known])
+                logits[known], group_labels[known])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         if step % args.eval_every == 0 or step == args.steps:
             with torch.no_grad():
-                errors = (model(*val_t[:3]) - val_t[3]).abs().mean(dim=1)
+                errors = (model(*val_t[:3])[0] - val_t[3]).abs().mean(dim=1)
             curve.append({'step': step, 'train_loss': loss.item(), 'val_l1': float(errors.mean()),
                           'val_l1_by_family': {name: round(float(errors[rows].mean()), 4)
                                                for name, rows in families.items()},

@@ -225,6 +225,8 @@ class Samples:
 
 _ARRAYS = ('pixel_values', 'neighbourhoods', 'centres', 'proprio', 'actions', 'instruction',
            'episode', 'family', 'target_xy', 'target_groups')
+# Arrays of indices that concatenation has to remap or renumber.
+_INDEX_ARRAYS = ('instruction', 'family', 'episode')
 
 
 def concat_samples(parts: Sequence[Samples]) -> Samples:
@@ -234,9 +236,9 @@ def concat_samples(parts: Sequence[Samples]) -> Samples:
     arrays: dict[str, list[np.ndarray]] = {name: [] for name in _ARRAYS}
     episode_offset = 0
     for part in parts:
-        for name in ('pixel_values', 'neighbourhoods', 'centres', 'proprio', 'actions',
-                     'target_xy', 'target_groups'):
-            arrays[name].append(getattr(part, name))
+        for name in _ARRAYS:
+            if name not in _INDEX_ARRAYS:
+                arrays[name].append(getattr(part, name))
         for names, key, values in ((instructions, 'instruction', part.instructions),
                                    (families, 'family', part.families)):
             for value in values:
