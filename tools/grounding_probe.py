@@ -39,7 +39,7 @@ from vla_pruned_ros.train.dataset import (
     concat_samples,
     read_cached_samples,
 )
-from vla_pruned_ros.train.trainer import AUX_SCALE_M, _split
+from vla_pruned_ros.train.trainer import AUX_SCALE_M, _split, group_bce
 
 VARIANTS = ('plain', 'film', 'normalised', 'pointer')
 MAX_WORDS = 16
@@ -204,11 +204,8 @@ def main() -> None:
         rows = torch.randint(len(train_t[3]), (args.batch_size,), generator=generator)
         prediction, logits = model(*(t[rows] for t in train_t[:3]))
         loss = (prediction - train_t[3][rows]).abs().mean()
-        group_labels = train_t[4][rows]
-        known = torch.isfinite(group_labels).all(dim=1)
-        if args.group_weight and known.any():
-            loss = loss + args.group_weight * nn.functional.binary_cross_entropy_with_logits(
-                logits[known], group_labels[known])
+        if args.group_weight:
+            loss = loss + args.group_weight * group_bce(logits, train_t[4][rows])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -216,8 +213,8 @@ def main() -> None:
             with torch.no_grad():
                 errors = (model(*val_t[:3])[0] - val_t[3]).abs().mean(dim=1)
             curve.append({'step': step, 'train_loss': loss.item(), 'val_l1': float(errors.mean()),
-                          'val_l1_by_family': {name: round(float(errors[rows].mean()), 4)
-                                               for name, rows in families.items()},
+                          'val_l1_by_family': {name: round(float(errors[mask].mean()), 4)
+                                               for name, mask in families.items()},
                           'elapsed_s': round(time.perf_counter() - started, 1)})
             print(json.dumps(curve[-1]), flush=True)
     if args.out:

@@ -199,14 +199,18 @@ class GroundingProbe(nn.Module):
         return torch.einsum('bd,bnd->bn', query, keys) * self.scale
 
 
-def grounding_loss(probe: GroundingProbe, query_states: torch.Tensor,
-                   token_states: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Binary cross-entropy of the probe's scores over rows with labels; 0 without any."""
+def group_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of per-group scores [B, G] over the rows with labels; 0 without."""
     known = torch.isfinite(labels).all(dim=1)
     if not known.any():
-        return token_states.sum() * 0.0
-    logits = probe(query_states[known], token_states[known])
-    return nn.functional.binary_cross_entropy_with_logits(logits, labels[known])
+        return logits.sum() * 0.0
+    return nn.functional.binary_cross_entropy_with_logits(logits[known], labels[known])
+
+
+def grounding_loss(probe: GroundingProbe, query_states: torch.Tensor,
+                   token_states: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """:func:`group_bce` of the probe's scores of ``token_states``."""
+    return group_bce(probe(query_states, token_states), labels)
 
 
 def action_statistics(actions: np.ndarray) -> tuple[list[float], list[float]]:
