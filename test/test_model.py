@@ -59,6 +59,21 @@ def test_analytic_flops_match_torch_flop_counter(policy):
     assert flops.vision_tower(64) == pytest.approx(measured, rel=1e-6)
 
 
+def test_pointer_flops_match_torch_flop_counter(policy):
+    model, flops = policy.model, policy.flops
+    ids = torch.randint(2, 50, (1, model.config.instruction_tokens))
+    for groups in (32, 5):
+        centres, neighbourhoods = torch.randn(1, groups, 3), torch.randn(1, groups, 16, 3)
+        with FlopCounterMode(display=False) as counter:
+            output = model.point(ids, centres, neighbourhoods)
+            model.pointer.embed(output)
+        # the text layer's attention runs in a kernel the counter does not see: added by hand
+        length, width = model.config.instruction_tokens, model.width
+        measured = counter.get_total_flops() + 2 * 2.0 * length * length * width
+        assert flops.pointers(groups) == pytest.approx(measured, rel=1e-6)
+    assert flops.pointers(5) < flops.pointers(32)  # pruned groups are not scored
+
+
 def test_policy_step_shapes_and_stats(policy):
     policy.configure('dense')
     actions, stats = policy.step(make_observation(3))

@@ -113,3 +113,22 @@ def test_eval_command_accepts_every_registered_pruner(policy, tmp_path, capsys):
     assert '| dense | reach |' in capsys.readouterr().out
     code = main(['sim', 'eval', '--model', str(tmp_path / 'missing'), '--out', str(tmp_path)])
     assert code == 2
+
+
+def test_rollout_trace_prints_where_the_pointers_point(policy, tmp_path):
+    """tools/rollout_trace.py: one line per policy step with the pointers' world points."""
+    from pathlib import Path
+    import subprocess
+    import sys
+
+    save_model(policy.model, policy.tokenizer, str(tmp_path / 'model'))
+    script = Path(__file__).resolve().parents[1] / 'tools' / 'rollout_trace.py'
+    result = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / 'model'), 'reach', '0', '--split', 'train',
+         '--pruner', 'tri_stage', '--keep-ratio', '0.25'],
+        check=True, capture_output=True, text=True, timeout=300)
+    lines = result.stdout.strip().splitlines()
+    steps = [line for line in lines[1:-1] if ' object [' in line and ' zone [' in line]
+    assert len(steps) == len(lines) - 2 >= 1  # every step, the tiny policy never succeeds
+    assert lines[-1].startswith('target ') and lines[-1].endswith('success: False')
+    assert policy.last_pointer is None or policy.last_pointer.points.shape[-1] == 3

@@ -402,3 +402,27 @@ def test_dominant_plane_removal_leaves_the_objects_on_the_table():
     assert sample_groups(cloud, strict).num_valid_points == len(cloud)
     with pytest.raises(ValueError, match='plane_distance'):
         PointTokenizerConfig(plane_distance=-1.0)
+
+
+def test_plane_removal_can_spare_coloured_marks_on_the_table():
+    rng = np.random.default_rng(2)
+    table_xy = rng.uniform(-0.3, 0.3, (3000, 2))
+    table = np.c_[table_xy, np.full(3000, 0.9)]
+    box = rng.uniform([-0.12, -0.02, 0.84], [-0.08, 0.02, 0.89], (200, 3))
+    cloud = np.concatenate([table, box]).astype(np.float32)
+    colours = np.tile(np.float32([0.62, 0.60, 0.57]), (len(cloud), 1))  # a greyish table top
+    mark = np.hypot(table_xy[:, 0] - 0.15, table_xy[:, 1] - 0.1) < 0.06  # a painted disc
+    colours[:3000][mark] = (0.10, 0.25, 0.90)
+    colours[3000:] = (0.85, 0.10, 0.10)
+    base = {'num_points': 256, 'num_groups': 32, 'group_size': 8, 'out_dim': 16,
+            'colour': True, 'plane_distance': 0.01}
+    plain = sample_groups(cloud, PointTokenizerConfig(**base), colours)
+    assert plain.num_valid_points == 200  # the mark went with the table
+    spared = sample_groups(cloud, PointTokenizerConfig(**base, plane_keep_chroma=0.3), colours)
+    assert spared.num_valid_points == 200 + int(mark.sum())
+    on_mark = np.hypot(spared.centres[:, 0] - 0.15, spared.centres[:, 1] - 0.1) < 0.06
+    assert on_mark.any() and (spared.centres[~on_mark, 2] < 0.895).all()  # mark + box only
+    with pytest.raises(ValueError, match='needs colour'):
+        PointTokenizerConfig(plane_distance=0.01, plane_keep_chroma=0.3)
+    with pytest.raises(ValueError, match='plane_keep_chroma'):
+        PointTokenizerConfig(colour=True, plane_keep_chroma=1.5)

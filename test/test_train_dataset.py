@@ -13,12 +13,15 @@ from vla_pruned_ros.model.presets import preset_config
 from vla_pruned_ros.sim.record import read_episode_metadata, record_episodes
 from vla_pruned_ros.train.dataset import (
     APPROACH_DISTANCE_M,
+    ZONE_MAX_HEIGHT_M,
     DatasetError,
     find_bags,
     load_samples,
+    named_zone,
     read_episodes,
     target_groups,
     target_position,
+    zone_groups,
 )
 
 
@@ -149,6 +152,29 @@ def test_grounding_probe_trains_on_a_runs_cache(bag, tmp_path):
     assert empty.returncode == 2 and 'no cached samples' in empty.stderr
 
 
+def test_pointer_probe_trains_a_presets_pointers_on_a_runs_cache(bag, tmp_path):
+    """tools/pointer_probe.py reports the mass each pointer puts on what it names."""
+    model = MultiModalVLA(preset_config('tiny'))
+    load_samples([bag], model, cache_dir=tmp_path / 'cache')
+    script = Path(__file__).resolve().parents[1] / 'tools' / 'pointer_probe.py'
+    command = [sys.executable, str(script), str(tmp_path / 'cache'), '--preset', 'tiny',
+               '--steps', '3', '--eval-every', '2', '--val-every', '2',
+               '--out', str(tmp_path / 'pointer.json')]
+    subprocess.run(command, check=True, capture_output=True, text=True, timeout=300)
+    curve = json.loads((tmp_path / 'pointer.json').read_text())['curve']
+    assert [point['step'] for point in curve] == [0, 2, 3]
+    # the bag holds a reach and a push: an object in both, a zone only in the push
+    assert set(curve[-1]) - {'step', 'elapsed_s'} <= {'object/reach', 'object/push', 'zone/push'}
+    for point in curve:
+        for key, value in point.items():
+            if '/' in key:
+                assert 0 <= value['uninformed'] < 1 and 0 <= value['mass'] <= 1
+    (tmp_path / 'empty').mkdir()
+    empty = subprocess.run(command[:2] + [str(tmp_path / 'empty')], capture_output=True,
+                           text=True, timeout=300)
+    assert empty.returncode == 1 and 'no cached bags' in empty.stderr
+
+
 def test_group_labels_mark_the_point_groups_on_the_named_object():
     camera_to_world = np.eye(4)
     camera_to_world[:3, 3] = (1.0, 2.0, 0.0)  # camera frame = world shifted by (1, 2, 0)
@@ -164,11 +190,45 @@ def test_group_labels_mark_the_point_groups_on_the_named_object():
     assert np.isnan(target_groups(centres, camera_to_world, target, near)).all()
 
 
+def test_zone_labels_mark_the_flat_groups_inside_the_named_zone():
+    metadata = {'zone': 'blue', 'zones': [
+        {'colour': 'green', 'x': 0.0, 'y': 0.0, 'radius': 0.06},
+        {'colour': 'blue', 'x': 0.2, 'y': 0.1, 'radius': 0.05}]}
+    zone = named_zone(metadata)
+    np.testing.assert_allclose(zone, [0.2, 0.1, 0.05])
+    camera_to_world = np.eye(4)
+    centres = np.array([[0.21, 0.11, 0.001],  # on the blue disc
+                        [0.21, 0.11, ZONE_MAX_HEIGHT_M + 0.02],  # an object above it
+                        [0.27, 0.10, 0.001],  # beside it
+                        [0.0, 0.0, 0.001]])  # on the other zone
+    np.testing.assert_array_equal(zone_groups(centres, camera_to_world, zone), [1, 0, 0, 0])
+    assert np.isnan(zone_groups(centres, None, zone)).all()
+    for no_zone in ({'zone': None, 'zones': metadata['zones']}, {}):
+        assert np.isnan(named_zone(no_zone)).all()
+        assert np.isnan(zone_groups(centres, camera_to_world, named_zone(no_zone))).all()
+
+
+def _named_colour(samples, row: int, marked: np.ndarray, colours: dict) -> tuple[str, str]:
+    """The colour nearest to the mean colour of the marked groups of ``row``."""
+    seen = samples.neighbourhoods[row, marked, :, 3:6].reshape(-1, 3).mean(axis=0)
+    return min(colours, key=lambda name: np.linalg.norm(
+        seen / seen.sum() - np.array(colours[name]) / sum(colours[name])))
+
+
 def test_group_labels_of_recorded_frames_lie_on_the_target(bag):
-    """With the sim preset's tokens the marked groups of a reach carry the named colour."""
+    """With the sim preset's tokens the marked groups carry the named colours."""
     from vla_pruned_ros.sim.scene import COLOURS
 
     samples = load_samples([bag], MultiModalVLA(preset_config('sim')))
+    push = samples.family == samples.families.index('push')
+    # the zone labels: every push frame, and the painted disc is among the 3D tokens
+    zone_labelled = np.isfinite(samples.zone_groups).all(axis=1)
+    np.testing.assert_array_equal(zone_labelled, push)
+    on_zone = samples.zone_groups == 1
+    assert on_zone[push].any(axis=1).all()
+    zone_colour = next(e.metadata['zone'] for e in read_episodes(bag) if e.family == 'push')
+    for row in np.flatnonzero(push)[::3]:
+        assert _named_colour(samples, row, on_zone[row], COLOURS) == zone_colour
     labelled = np.isfinite(samples.target_groups).all(axis=1)
     near = np.linalg.norm(samples.target_xy, axis=1) < APPROACH_DISTANCE_M
     np.testing.assert_array_equal(labelled, ~near)
@@ -180,8 +240,5 @@ def test_group_labels_of_recorded_frames_lie_on_the_target(bag):
     for row in np.flatnonzero(marked.any(axis=1) & reach):
         text = samples.instructions[samples.instruction[row]]
         colour = next(word for word in text.split() if word in COLOURS)
-        seen = samples.neighbourhoods[row, marked[row], :, 3:6].reshape(-1, 3).mean(axis=0)
-        nearest = min(COLOURS, key=lambda name: np.linalg.norm(
-            seen / seen.sum() - np.array(COLOURS[name]) / sum(COLOURS[name])))
-        matches.append(nearest == colour)
+        matches.append(_named_colour(samples, row, marked[row], COLOURS) == colour)
     assert len(matches) > 3 and np.mean(matches) > 0.8, matches

@@ -73,10 +73,14 @@ def test_training_forward_with_dropped_tokens_matches_the_policy_runner():
                              patch_of_3d=np.full(32, -1, np.int64))
         tokens_2d = model.project_2d_tokens(model.encode_2d(pixels[:1])[:, keep_2d[0]])
         tokens_3d = model.encode_3d(neighbourhoods[:1, keep_3d[0]], centres[:1, keep_3d[0]])
-        embeds = model.assemble(tokens_2d, tokens_3d, ids[:1], proprio[:1])
+        # the pointer reads the same kept 3D tokens as the decoder
+        pointer = model.point(ids[:1], centres[:1, keep_3d[0]],
+                              neighbourhoods[:1, keep_3d[0]])
+        embeds = model.assemble(tokens_2d, tokens_3d, ids[:1], proprio[:1], pointer)
         positions = torch.cat([keep_2d[0], keep_3d[0] + 64, torch.arange(96, layout.length)])
         run = LayerRunner(model.decoder).run(embeds, layout, positions=positions)
-        np.testing.assert_allclose(model.head(run.normed[:, -8:])[0], pruned[0], atol=1e-5)
+        np.testing.assert_allclose(model.head(run.normed[:, -8:], pointer, proprio[:1])[0],
+                                   pruned[0], atol=1e-5)
 
 
 def test_action_statistics_keep_constant_dimensions_unscaled():
@@ -149,7 +153,8 @@ def test_warm_start_widens_the_point_encoder_for_colour_without_changing_its_out
     config.points.colour = True
     model = MultiModalVLA(config).eval()
     report = warm_start(model, source)
-    assert report['widened'] == ['point_encoder.point_mlp.0.weight']
+    # the point encoder and the pointer's group scorer both read colour now
+    assert report['widened'] == ['point_encoder.point_mlp.0.weight', 'pointer.key.0.weight']
     assert not report['skipped']
     geometry = torch.randn(1, 32, 16, 3) * 0.01
     colours = torch.rand(1, 32, 16, 3)
@@ -205,6 +210,26 @@ def test_grounding_loss_is_trained_logged_and_resumed(bag, tmp_path):
     assert not any('probe' in name for name in load_file(out / 'model' / 'model.safetensors'))
     with pytest.raises(TrainError, match='ground_weight'):
         train(_config(bag, tmp_path / 'bad', ground_weight=float('nan')))
+
+
+def test_pointer_losses_are_trained_logged_and_saved_with_the_model(bag, tmp_path):
+    out = tmp_path / 'pointer'
+    # the sim preset: its groups lie on the objects (the tiny preset's rarely do)
+    assert preset_config('sim').pointers == ['object', 'zone']
+    train(_config(bag, out, preset='sim', steps=2, token_drop_prob=1.0))  # labels follow kept
+    log = [json.loads(line) for line in (out / 'log.jsonl').read_text().splitlines()]
+    # reach and pick name an object, no zone: the zone pointer has nothing to learn here
+    # (a batch whose frames all lack an object label, e.g. near the object, counts 0)
+    assert all(r['pointer_object_loss'] >= 0 and r['pointer_zone_loss'] == 0 for r in log)
+    assert any(r['pointer_object_loss'] > 0 for r in log)
+    weights = load_file(out / 'model' / 'model.safetensors')
+    assert any(name.startswith('pointer.') for name in weights)  # part of the policy
+    off = tmp_path / 'off'
+    train(_config(bag, off, steps=2, pointer_weight=0.0))
+    log = [json.loads(line) for line in (off / 'log.jsonl').read_text().splitlines()]
+    assert not any('pointer_object_loss' in r for r in log)
+    with pytest.raises(TrainError, match='pointer_weight'):
+        train(_config(bag, tmp_path / 'bad', pointer_weight=-1.0))
 
 
 def test_grounding_probe_learns_to_pick_out_the_marked_tokens():

@@ -24,6 +24,7 @@ from vla_pruned_ros.model.config import MVLAConfig
 from vla_pruned_ros.model.flops import FlopsModel
 from vla_pruned_ros.model.kv_reuse import KVReuse, layout_signature, reuse_attention_flops
 from vla_pruned_ros.model.mvla import MultiModalVLA
+from vla_pruned_ros.model.pointer import PointerOutput
 from vla_pruned_ros.model.presets import preset_config
 from vla_pruned_ros.model.runner import LayerRunner, RunState, synchronize
 from vla_pruned_ros.model.text import InstructionEncoder, build_tokenizer
@@ -31,7 +32,11 @@ from vla_pruned_ros.observation import Observation
 from vla_pruned_ros.pruning import Budget, Pruner, StepContext, StepOutcome, create_pruner
 from vla_pruned_ros.stats import StepStats
 from vla_pruned_ros.tokens.layout import TokenLayout
-from vla_pruned_ros.tokens.points_3d import observation_groups, project_centres_to_patches
+from vla_pruned_ros.tokens.points_3d import (
+    PointGroups,
+    observation_groups,
+    project_centres_to_patches,
+)
 
 
 class PrunerContractError(RuntimeError):
@@ -76,6 +81,9 @@ class Policy:
         )
         self._pending = _Pending()
         self._lock = threading.Lock()
+        # Where the model's pointers pointed in the last step (camera frame; None without
+        # pointers): for diagnostics such as tools/rollout_trace.py.
+        self.last_pointer: Optional[PointerOutput] = None
 
     # ----------------------------------------------------------------------------- creation
     @classmethod
@@ -171,6 +179,31 @@ class Policy:
         pose = torch.as_tensor(pose)
         return pose.unsqueeze(0).to(self.device)
 
+    def _encode_3d(
+        self, groups: PointGroups, keep_3d: torch.Tensor, reuse: Optional[KVReuse], n_2d: int,
+        input_ids: torch.Tensor,
+    ) -> tuple[torch.Tensor, Optional[PointerOutput]]:
+        """
+        The kept groups' decoder tokens [1, n, width] and, for a model with pointers, its points.
+
+        The pointer reads the kept groups plus those whose keys/values are reused from an
+        earlier step: reuse saves decoder work, and the pointer has no cache to take them from,
+        so their (cheap) point-encoder tokens are computed for it.
+        """
+        seen = keep_3d
+        if self.model.pointer is not None and reuse is not None:
+            reused = reuse.positions.cpu()
+            seen = torch.unique(torch.cat([keep_3d, reused[reused >= n_2d] - n_2d]))
+        rows = seen.numpy()
+        centres = torch.as_tensor(groups.centres[rows]).to(self.device, self.dtype).unsqueeze(0)
+        neighbourhoods = torch.as_tensor(groups.neighbourhoods[rows]).to(
+            self.device, self.dtype).unsqueeze(0)
+        tokens = self.model.encode_3d(neighbourhoods, centres)
+        pointer = self.model.point(input_ids, centres, neighbourhoods)
+        if seen.numel() != keep_3d.numel():
+            tokens = tokens[:, torch.isin(seen, keep_3d).to(self.device)]
+        return tokens, pointer
+
     @torch.inference_mode()
     def step(self, observation: Observation) -> tuple[np.ndarray, StepStats]:
         """Predict an action chunk [horizon, action_dim] (physical units) and the step's stats."""
@@ -226,14 +259,11 @@ class Policy:
         keep_2d = keep[keep < layout.n_2d]
         keep_3d = keep[keep >= layout.n_2d] - layout.n_2d
         tokens_2d = model.project_2d_tokens(features_2d[keep_2d.to(self.device)].unsqueeze(0))
-        neighbourhoods = torch.as_tensor(groups.neighbourhoods[keep_3d.numpy()])
-        centres = torch.as_tensor(groups.centres[keep_3d.numpy()])
-        tokens_3d = model.encode_3d(
-            neighbourhoods.to(self.device, self.dtype).unsqueeze(0),
-            centres.to(self.device, self.dtype).unsqueeze(0),
-        )
         ids = torch.tensor([input_ids], device=self.device)
-        embeds = model.assemble(tokens_2d, tokens_3d, ids, self._proprio(observation))
+        tokens_3d, pointer = self._encode_3d(groups, keep_3d, reuse, layout.n_2d, ids)
+        proprio = self._proprio(observation)
+        self.last_pointer = pointer
+        embeds = model.assemble(tokens_2d, tokens_3d, ids, proprio, pointer)
         positions = torch.cat([keep, torch.arange(layout.n_visual, layout.length)])
         decoder_start = self._timer()
         tokenize_s = decoder_start - started - overhead
@@ -257,7 +287,7 @@ class Policy:
         head_start = self._timer()
         decoder_s = head_start - decoder_start - run.overhead_s
         overhead += run.overhead_s
-        normalised = model.head(run.normed[:, -config.horizon:])
+        normalised = model.head(run.normed[:, -config.horizon:], pointer, proprio)
         actions = model.denormalize(normalised)[0].cpu().numpy()
         head_end = self._timer()
 

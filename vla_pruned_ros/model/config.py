@@ -4,6 +4,7 @@ from dataclasses import asdict, dataclass, field
 import json
 from typing import Any, Optional
 
+from vla_pruned_ros.model.pointer import POINTER_TARGETS
 from vla_pruned_ros.tokens.points_3d import PointTokenizerConfig
 from vla_pruned_ros.tokens.vision_2d import VisionTowerConfig
 
@@ -49,7 +50,9 @@ class MVLAConfig:
 
     Actions are chunks of ``horizon`` steps x ``action_dim`` values (dx dy dz droll dpitch dyaw
     gripper). The head regresses normalised actions; ``action_mean``/``action_std`` (set by
-    training from the demonstrations) map them back to physical units.
+    training from the demonstrations) map them back to physical units. ``pointers`` names the
+    instruction-guided pointers over the 3D tokens (see :mod:`vla_pruned_ros.model.pointer`;
+    empty = none), each one of ``POINTER_TARGETS``.
     """
 
     vision: VisionTowerConfig = field(default_factory=VisionTowerConfig)
@@ -65,6 +68,14 @@ class MVLAConfig:
     action_mean: list[float] = field(default_factory=lambda: [0.0] * 7)
     action_std: list[float] = field(default_factory=lambda: [1.0] * 7)
     preset: str = 'custom'
+    pointers: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.pointers = list(self.pointers)
+        unknown = [name for name in self.pointers if name not in POINTER_TARGETS]
+        if unknown or len(set(self.pointers)) != len(self.pointers):
+            raise ValueError(f'pointers must be distinct names from {POINTER_TARGETS}, got '
+                             f'{self.pointers}')
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (JSON-serialisable)."""

@@ -9,6 +9,7 @@ Attention is counted as dense n x n (what SDPA kernels compute), not the causal 
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Optional
 
 from vla_pruned_ros.model.runner import AttentionProbe, LayerRunner
 from vla_pruned_ros.tokens.layout import TokenLayout
@@ -93,6 +94,27 @@ class DecoderShape:
 
 
 @dataclass
+class PointerShape:
+    """Shape of the instruction-guided pointers (:mod:`vla_pruned_ros.model.pointer`)."""
+
+    width: int
+    pointers: int
+    text_length: int
+    descriptor: int
+
+    def flops(self, n_groups: int) -> float:
+        """Text layer and pooling (fixed), then the group keys and scores per given group."""
+        w, t, p = self.width, self.text_length, self.pointers
+        text = (linear_flops(t, w, 4 * w) + 2 * 2.0 * t * t * w  # attention
+                + linear_flops(t, w, 2 * w) + linear_flops(t, 2 * w, w))  # feed-forward
+        pooling = 2.0 * p * t * w * 2 + linear_flops(p, w, w)
+        keys = linear_flops(n_groups, self.descriptor, w) + linear_flops(n_groups, w, w)
+        scores = p * (linear_flops(n_groups, 2 * w, w) + linear_flops(n_groups, w, 1))
+        points = 2.0 * p * n_groups * 3  # softmax-weighted centres
+        return text + pooling + keys + scores + points + linear_flops(1, 3 * p, w)
+
+
+@dataclass
 class FlopsModel:
     """FLOPs of each part of the reference VLA, and of a whole step as it ran."""
 
@@ -104,6 +126,7 @@ class FlopsModel:
     horizon: int
     action_dim: int
     proprio_dim: int
+    pointer: Optional[PointerShape] = None
 
     @classmethod
     def from_model(cls, model) -> 'FlopsModel':
@@ -134,6 +157,12 @@ class FlopsModel:
             horizon=model.config.horizon,
             action_dim=model.config.action_dim,
             proprio_dim=model.config.proprio_dim,
+            pointer=None if model.pointer is None else PointerShape(
+                width=decoder_config.hidden_size,
+                pointers=len(model.config.pointers),
+                text_length=model.config.instruction_tokens,
+                descriptor=model.pointer.key[0].in_features,
+            ),
         )
 
     def vision_tower(self, n_patches: int) -> float:
@@ -157,6 +186,10 @@ class FlopsModel:
         """All decoder layers, each at the sequence length it ran with."""
         return sum(self.decoder.layer_flops(n) for n in tokens_per_layer)
 
+    def pointers(self, n_groups: int) -> float:
+        """The pointers over the 3D groups the decoder reads (0 for a model without them)."""
+        return 0.0 if self.pointer is None else self.pointer.flops(n_groups)
+
     def action_head(self) -> float:
         """The regression head over the action queries."""
         w = self.width
@@ -176,6 +209,7 @@ class FlopsModel:
             self.vision_tower(n_2d_in)
             + self.encoder_3d(n_3d_encoded)
             + self.projectors(n_2d_projected, n_3d_encoded)
+            + self.pointers(n_3d_encoded)
             + self.decoder_layers(tokens_per_layer)
             + self.action_head()
         )

@@ -4,7 +4,9 @@ The reference multi-visual-modal VLA (2D patch tokens + 3D point-group tokens + 
 A transformers vision tower and a point-group encoder produce visual tokens; projectors map
 them to the width of a transformers decoder (Qwen2 or Llama family), which reads
 [2D, 3D, instruction, proprio, action queries] and whose final action-query states a small head
-regresses into an action chunk of ``horizon`` x ``action_dim`` in one forward pass.
+regresses into an action chunk of ``horizon`` x ``action_dim`` in one forward pass. Models
+configured with ``pointers`` also locate what the instruction names among the 3D tokens
+(:mod:`vla_pruned_ros.model.pointer`) and add those points to the action-query inputs.
 
 The model exposes its stages separately (encode_2d, encode_3d, embed_text, ...) because the
 policy runs pruning hooks between them; :meth:`forward_dense` chains them for training.
@@ -17,6 +19,7 @@ from torch import nn
 from transformers import AutoModel, LlamaConfig, Qwen2Config
 
 from vla_pruned_ros.model.config import DecoderConfig, MVLAConfig
+from vla_pruned_ros.model.pointer import InstructionPointer, PointerOutput
 from vla_pruned_ros.tokens.layout import (
     MODALITY_2D,
     MODALITY_3D,
@@ -82,6 +85,13 @@ class MultiModalVLA(nn.Module):
         self.action_head = nn.Sequential(
             nn.Linear(width, width), nn.GELU(), nn.Linear(width, config.action_dim)
         )
+        self.pointer = None
+        if config.pointers:
+            self.pointer = InstructionPointer(
+                width, len(config.pointers), config.instruction_tokens,
+                self.decoder.config.num_attention_heads, config.vocab_size,
+                config.points.point_features, config.proprio_dim,
+            )
         self.register_buffer('action_mean', torch.tensor(config.action_mean, dtype=torch.float32))
         self.register_buffer('action_std', torch.tensor(config.action_std, dtype=torch.float32))
 
@@ -128,13 +138,46 @@ class MultiModalVLA(nn.Module):
         token = self.project_proprio(proprio.to(self.project_proprio.weight.dtype))
         return self._with_modality(token.unsqueeze(1), MODALITY_PROPRIO)
 
-    def query_tokens(self, batch: int) -> torch.Tensor:
-        """Action query tokens [B, horizon, width]."""
+    def query_tokens(
+        self, batch: int, pointer: Optional[PointerOutput] = None
+    ) -> torch.Tensor:
+        """Action query tokens [B, horizon, width], carrying the pointer's points if given."""
         queries = self._with_modality(self.action_queries, MODALITY_ACTION)
-        return queries.unsqueeze(0).expand(batch, -1, -1)
+        queries = queries.unsqueeze(0).expand(batch, -1, -1)
+        if pointer is not None and self.pointer is not None:
+            queries = queries + self.pointer.embed(pointer).to(queries.dtype).unsqueeze(1)
+        return queries
 
-    def head(self, action_states: torch.Tensor) -> torch.Tensor:
-        """Normalised action chunk [B, horizon, action_dim] from final action-query states."""
+    def point(
+        self, input_ids: torch.Tensor, centres: torch.Tensor, neighbourhoods: torch.Tensor
+    ) -> Optional[PointerOutput]:
+        """
+        Locate what the instruction names among the 3D groups (None without pointers).
+
+        ``centres`` [B, G, 3] and ``neighbourhoods`` [B, G, k, F] are the groups whose tokens
+        the decoder will read: pass exactly those, so pruning acts on the pointer as on the
+        decoder.
+        """
+        if self.pointer is None:
+            return None
+        return self.pointer(input_ids, centres, neighbourhoods)
+
+    def head(
+        self, action_states: torch.Tensor, pointer: Optional[PointerOutput] = None,
+        proprio: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """
+        Normalised action chunk [B, horizon, action_dim] from final action-query states.
+
+        A model with pointers also reads ``pointer`` (and the pose ``proprio`` it was given)
+        here, see :meth:`InstructionPointer.head_input`.
+        """
+        if self.pointer is not None:
+            if pointer is None:
+                raise ValueError('this model points at what the instruction names: pass the '
+                                 'pointer output to head() as well')
+            extra = self.pointer.head_input(pointer, proprio if self.n_proprio else None)
+            action_states = action_states + extra.to(action_states.dtype).unsqueeze(1)
         return self.action_head(action_states).float()
 
     def denormalize(self, actions: torch.Tensor) -> torch.Tensor:
@@ -147,16 +190,24 @@ class MultiModalVLA(nn.Module):
         tokens_3d: torch.Tensor,
         input_ids: torch.Tensor,
         proprio: Optional[torch.Tensor],
+        pointer: Optional[PointerOutput] = None,
     ) -> torch.Tensor:
-        """Concatenate the full input sequence [B, L, width] in layout order."""
+        """
+        Concatenate the full input sequence [B, L, width] in layout order.
+
+        A model with pointers needs ``pointer`` (from :meth:`point` over the same 3D tokens).
+        """
         batch = input_ids.shape[0]
+        if self.pointer is not None and pointer is None:
+            raise ValueError('this model points at what the instruction names: pass pointer='
+                             'model.point(...) over the same 3D tokens')
         parts = [tokens_2d, tokens_3d, self.embed_text(input_ids)]
         proprio_token = self.embed_proprio(proprio) if proprio is not None else None
         if self.project_proprio is not None:
             if proprio_token is None:
                 raise ValueError('this model reads an end-effector pose; none was given')
             parts.append(proprio_token)
-        parts.append(self.query_tokens(batch))
+        parts.append(self.query_tokens(batch, pointer))
         dtype = self.action_queries.dtype
         return torch.cat([part.to(dtype) for part in parts], dim=1)
 
@@ -171,6 +222,7 @@ class MultiModalVLA(nn.Module):
         """Unpruned batched forward (training): normalised actions [B, horizon, action_dim]."""
         tokens_2d = self.project_2d_tokens(self.encode_2d(pixel_values))
         tokens_3d = self.encode_3d(neighbourhoods, centres)
-        embeds = self.assemble(tokens_2d, tokens_3d, input_ids, proprio)
+        pointer = self.point(input_ids, centres, neighbourhoods)
+        embeds = self.assemble(tokens_2d, tokens_3d, input_ids, proprio, pointer)
         hidden = self.decoder(inputs_embeds=embeds).last_hidden_state
-        return self.head(hidden[:, -self.config.horizon:])
+        return self.head(hidden[:, -self.config.horizon:], pointer, proprio)

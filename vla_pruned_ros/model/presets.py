@@ -1,14 +1,16 @@
 """
 Named model shapes.
 
-- ``tiny``: for tests and CI; a step takes milliseconds on a CPU.
+- ``tiny``: for tests and CI (with the sim preset's pointers, so every pruner is tested with
+  them); a step takes milliseconds on a CPU.
 - ``small``: a SigLIP-base-sized vision tower (224 px, 14 px patches: 256 2D tokens), 256 3D
   tokens and a decoder with Qwen2-0.5B's shape (896 wide, 24 layers, 14 heads, 2 KV heads).
 - ``sim``: the tabletop benchmark's reference policy (trained by ``vla-pruned-ros train``, shipped
   as ``models/default``): 96 px images in 12 px patches (64 2D tokens), 64 coloured point groups
   of 16 (64 3D tokens) from the cloud cropped to the table's workspace with the table plane
-  removed, a 4-layer 192-wide Qwen2-family decoder; sized to train on a 2-core CPU in about an
-  hour.
+  removed (coloured marks on it, the push zones, stay), a 4-layer 192-wide Qwen2-family decoder
+  and pointers at the named object and zone (:mod:`vla_pruned_ros.model.pointer`); sized to
+  train on a 2-core CPU in about an hour.
 - ``mla-7b``: the tri-stage paper's MLA shape: LLaMA-2-7B decoder with 256 2D + 256 3D
   tokens. Random weights, for latency measurements only (use bf16 on a GPU).
 """
@@ -40,6 +42,7 @@ def _tiny() -> MVLAConfig:
         ),
         instruction_tokens=12,
         preset='tiny',
+        pointers=['object', 'zone'],
     )
 
 
@@ -52,7 +55,7 @@ def _sim() -> MVLAConfig:
         points=PointTokenizerConfig(
             num_points=512, num_groups=64, group_size=16, hidden_dims=(64, 128), out_dim=192,
             workspace_min=SIM_WORKSPACE_MIN, workspace_max=SIM_WORKSPACE_MAX, colour=True,
-            plane_distance=0.01,
+            plane_distance=0.01, plane_keep_chroma=0.2,
         ),
         decoder=DecoderConfig(
             family='qwen2', hidden_size=192, num_layers=4, num_heads=6, num_kv_heads=2,
@@ -61,6 +64,7 @@ def _sim() -> MVLAConfig:
         horizon=8,
         instruction_tokens=16,
         preset='sim',
+        pointers=['object', 'zone'],
     )
 
 

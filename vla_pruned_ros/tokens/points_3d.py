@@ -70,6 +70,9 @@ class PointTokenizerConfig:
     that distance (metres) of the plane :func:`dominant_plane` finds are dropped when it holds
     at least ``plane_min_fraction`` of the points, so the groups describe the objects and the
     gripper instead of the tabletop (a cloud without such a plane keeps every point).
+    ``plane_keep_chroma`` > 0 (needs ``colour``) spares the plane points whose chroma (largest
+    minus smallest RGB value, in [0, 1]) reaches it: coloured marks painted on the table, such
+    as target zones, stay in the cloud while the grey or wooden top goes.
     """
 
     num_points: int = 1024
@@ -84,6 +87,7 @@ class PointTokenizerConfig:
     colour: bool = False
     plane_distance: float = 0.0
     plane_min_fraction: float = 0.3
+    plane_keep_chroma: float = 0.0
 
     @property
     def point_features(self) -> int:
@@ -109,6 +113,10 @@ class PointTokenizerConfig:
             )
         if self.plane_distance < 0 or not 0 < self.plane_min_fraction <= 1:
             raise ValueError('plane_distance must be >= 0 and plane_min_fraction in (0, 1]')
+        if not 0 <= self.plane_keep_chroma <= 1:
+            raise ValueError(f'plane_keep_chroma must lie in [0, 1], got {self.plane_keep_chroma}')
+        if self.plane_keep_chroma and not self.colour:
+            raise ValueError('plane_keep_chroma reads point colours: it needs colour=True')
         if self.voxel_size < 0:
             raise ValueError(f'voxel_size must be >= 0, got {self.voxel_size}')
         if self.fps_candidates and self.fps_candidates < self.num_points:
@@ -355,6 +363,9 @@ def sample_groups(
     if config.plane_distance > 0:
         on_plane = dominant_plane(cloud[:, :3], config.plane_distance)
         # Keep the plane when removing it would leave fewer points than the groups need.
+        if config.plane_keep_chroma > 0:
+            rgb = cloud[:, 3:6]
+            on_plane &= rgb.max(axis=1) - rgb.min(axis=1) < config.plane_keep_chroma
         if (on_plane.mean() >= config.plane_min_fraction
                 and (~on_plane).sum() >= config.num_groups):
             cloud = cloud[~on_plane]

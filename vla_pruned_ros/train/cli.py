@@ -54,6 +54,10 @@ def add_parser(subparsers: 'argparse._SubParsersAction') -> argparse.ArgumentPar
     parser.add_argument('--ground-weight', type=float, default=0.0,
                         help='weight of the grounding loss that marks the 3D tokens on the named '
                              'object from the final states (needs bags from sim record; 0 = off)')
+    parser.add_argument('--pointer-weight', type=float, default=1.0,
+                        help='weight of the pointer loss of a model with pointers (the sim '
+                             'preset): each pointer learns which 3D tokens show what it names '
+                             '(needs bags from sim record; 0 = off)')
     parser.add_argument('--proprio-drop-prob', type=float, default=0.0,
                         help='share of training frames trained without the end-effector pose '
                              'input (zeroed), so the policy has to use its cameras (0 = off)')
@@ -74,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
         progress=args.progress,
         init_from=args.init_from or '', aux_weight=args.aux_weight,
         ground_weight=args.ground_weight,
+        pointer_weight=args.pointer_weight,
         proprio_drop_prob=args.proprio_drop_prob,
     )
     try:

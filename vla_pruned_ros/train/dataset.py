@@ -29,7 +29,7 @@ from vla_pruned_ros.observation import Observation
 
 # Messages of one frame share a stamp; the recorder spaces frames by the control period.
 SYNC_SLOP_S = 0.01
-CACHE_VERSION = 4
+CACHE_VERSION = 5
 # A 3D point group is labelled 'on the target' when its centre lies within this horizontal
 # distance (world frame) of where the named object started.
 GROUND_RADIUS_M = 0.03
@@ -38,6 +38,9 @@ GROUND_RADIUS_M = 0.03
 # the object's; nearer frames get no grounding label (a pushed or lifted object has left its
 # start, and the push expert lowers its fingers about 7 cm behind the object).
 APPROACH_DISTANCE_M = 0.10
+# A group is on the named zone (a flat disc painted on the table) when its centre lies inside
+# the disc and no higher than this above the table: higher groups are objects or fingers.
+ZONE_MAX_HEIGHT_M = 0.01
 
 
 class DatasetError(ValueError):
@@ -97,10 +100,40 @@ def target_groups(
         return unknown
     if np.linalg.norm(np.asarray(target_xy) - np.asarray(ee_xy)) < APPROACH_DISTANCE_M:
         return unknown
-    transform = np.asarray(camera_to_world, np.float64)
-    world = np.asarray(centres, np.float64) @ transform[:3, :3].T + transform[:3, 3]
+    world = _to_world(centres, camera_to_world)
     distance = np.linalg.norm(world[:, :2] - np.asarray(target_xy, np.float64), axis=1)
     return (distance <= GROUND_RADIUS_M).astype(np.float32)
+
+
+def named_zone(metadata: dict) -> np.ndarray:
+    """World (x, y, radius) of the zone the instruction names (push), NaN when none."""
+    colour = metadata.get('zone')
+    for item in metadata.get('zones') or []:
+        if colour and item.get('colour') == colour:
+            return np.array([item['x'], item['y'], item['radius']], np.float32)
+    return np.full(3, np.nan, np.float32)
+
+
+def zone_groups(
+    centres: np.ndarray, camera_to_world: Optional[np.ndarray], zone: np.ndarray
+) -> np.ndarray:
+    """
+    Which point groups lie on the named zone: 1.0 / 0.0 per group, or all NaN when unknown.
+
+    ``zone`` is :func:`named_zone`'s (x, y, radius). A group counts when its centre (camera
+    frame, mapped to the world by ``camera_to_world``) is inside the disc and at most
+    ``ZONE_MAX_HEIGHT_M`` above the table. The label of the 'zone' pointer.
+    """
+    if camera_to_world is None or not np.isfinite(zone).all():
+        return np.full(len(centres), np.nan, np.float32)
+    world = _to_world(centres, camera_to_world)
+    inside = np.linalg.norm(world[:, :2] - zone[:2], axis=1) <= zone[2]
+    return (inside & (world[:, 2] <= ZONE_MAX_HEIGHT_M)).astype(np.float32)
+
+
+def _to_world(centres: np.ndarray, camera_to_world: np.ndarray) -> np.ndarray:
+    transform = np.asarray(camera_to_world, np.float64)
+    return np.asarray(centres, np.float64) @ transform[:3, :3].T + transform[:3, 3]
 
 
 def _camera_to_world(metadata: dict) -> Optional[np.ndarray]:
@@ -189,7 +222,8 @@ class Samples:
     target object started (world x, y) relative to the end effector at that frame, from the
     recorder's ``/episode`` metadata, or NaN when the bag does not say (the label of the
     auxiliary localisation loss, see :func:`target_position`). ``target_groups`` [N, G] marks
-    the point groups on that object (1/0, NaN rows where unknown; see :func:`target_groups`).
+    the point groups on that object (1/0, NaN rows where unknown; see :func:`target_groups`),
+    ``zone_groups`` [N, G] those on the zone a push instruction names (:func:`zone_groups`).
     """
 
     pixel_values: np.ndarray
@@ -202,6 +236,7 @@ class Samples:
     family: np.ndarray
     target_xy: np.ndarray
     target_groups: np.ndarray
+    zone_groups: np.ndarray
     instructions: list[str]
     families: list[str]
 
@@ -219,12 +254,12 @@ class Samples:
             self.pixel_values[rows], self.neighbourhoods[rows], self.centres[rows],
             self.proprio[rows], self.actions[rows], self.instruction[rows], self.episode[rows],
             self.family[rows], self.target_xy[rows], self.target_groups[rows],
-            list(self.instructions), list(self.families),
+            self.zone_groups[rows], list(self.instructions), list(self.families),
         )
 
 
 _ARRAYS = ('pixel_values', 'neighbourhoods', 'centres', 'proprio', 'actions', 'instruction',
-           'episode', 'family', 'target_xy', 'target_groups')
+           'episode', 'family', 'target_xy', 'target_groups', 'zone_groups')
 # Arrays of indices that concatenation has to remap or renumber.
 _INDEX_ARRAYS = ('instruction', 'family', 'episode')
 
@@ -284,6 +319,7 @@ def encode_bag(bag: 'str | Path', model: Any) -> Samples:
             families.append(episode.family)
         target = target_position(episode.metadata)
         camera_to_world = _camera_to_world(episode.metadata)
+        zone = named_zone(episode.metadata)
         for frame in episode.frames:
             obs = frame.observation
             if frame.chunk.shape[0] < config.horizon or frame.chunk.shape[1] != config.action_dim:
@@ -308,6 +344,7 @@ def encode_bag(bag: 'str | Path', model: Any) -> Samples:
             rows['target_xy'].append(target - ee_xy)
             rows['target_groups'].append(
                 target_groups(groups.centres, camera_to_world, target, ee_xy))
+            rows['zone_groups'].append(zone_groups(groups.centres, camera_to_world, zone))
     if not rows['actions']:
         raise DatasetError(f'{bag} holds no observation with an expert action chunk')
     return Samples(
@@ -321,6 +358,7 @@ def encode_bag(bag: 'str | Path', model: Any) -> Samples:
         family=np.asarray(rows['family'], np.int32),
         target_xy=np.stack(rows['target_xy']).astype(np.float32),
         target_groups=np.stack(rows['target_groups']).astype(np.float32),
+        zone_groups=np.stack(rows['zone_groups']).astype(np.float32),
         instructions=instructions,
         families=families,
     )

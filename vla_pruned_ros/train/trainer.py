@@ -38,6 +38,7 @@ from transformers.masking_utils import create_causal_mask
 from vla_pruned_ros.device import resolve_device
 from vla_pruned_ros.model.checkpoint import load_model, save_model
 from vla_pruned_ros.model.mvla import MultiModalVLA
+from vla_pruned_ros.model.pointer import POINTER_TARGETS, PointerOutput, pointer_loss
 from vla_pruned_ros.model.presets import preset_config
 from vla_pruned_ros.model.text import InstructionEncoder, build_tokenizer
 from vla_pruned_ros.train.dataset import Samples, load_samples
@@ -105,6 +106,10 @@ class TrainConfig:
     # token instead of one per frame (see docs/training.md for why that matters). The probe is
     # not part of the saved model.
     ground_weight: float = 0.0
+    # Weight of the pointer loss of a model with pointers (model.pointer): every pointer is
+    # trained to put its probability mass on the point groups of what it names
+    # (dataset.target_groups / zone_groups). Part of the model, unlike the probes above.
+    pointer_weight: float = 1.0
     # Share of training frames whose end-effector pose input is zeroed (0 = off): a policy that
     # can read its phase from the pose alone learns to ignore the cameras (a shortcut seen in
     # the shipped model); without the pose half the time it has to look.
@@ -118,7 +123,7 @@ class TrainConfig:
             raise TrainError(f'learning rate must be positive, got {self.lr}')
         if self.resume and self.init_from:
             raise TrainError('--init-from starts a new run; it cannot be combined with --resume')
-        for name in ('aux_weight', 'ground_weight'):
+        for name in ('aux_weight', 'ground_weight', 'pointer_weight'):
             value = getattr(self, name)
             if not (value >= 0 and math.isfinite(value)):
                 raise TrainError(f'{name} must be a finite number >= 0, got {value}')
@@ -156,6 +161,7 @@ class _Batches:
         self.targets = (torch.from_numpy(samples.actions) - mean) / std
         self.target_xy = torch.from_numpy(samples.target_xy) / AUX_SCALE_M
         self.target_groups = torch.from_numpy(samples.target_groups)
+        self.zone_groups = torch.from_numpy(samples.zone_groups)
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -169,9 +175,15 @@ class _Batches:
         """Target offsets [B, 2] in AUX_SCALE_M units (NaN where unknown)."""
         return self.target_xy[rows]
 
-    def group_labels(self, rows: torch.Tensor) -> torch.Tensor:
-        """On-target marks [B, G] of every point group (NaN rows where unknown)."""
-        return self.target_groups[rows]
+    def group_labels(self, rows: torch.Tensor, target: str = 'object') -> torch.Tensor:
+        """
+        Marks [B, G] of the point groups on the named ``target`` (NaN rows where unknown).
+
+        ``target`` is one of ``POINTER_TARGETS``: the named object or the named zone.
+        """
+        if target not in POINTER_TARGETS:
+            raise TrainError(f'no group labels for {target!r}; known: {POINTER_TARGETS}')
+        return (self.target_groups if target == 'object' else self.zone_groups)[rows]
 
 
 def aux_loss(probe: nn.Module, action_states: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -213,6 +225,21 @@ def grounding_loss(probe: GroundingProbe, query_states: torch.Tensor,
     return group_bce(probe(query_states, token_states), labels)
 
 
+def _pointer_losses(
+    pointer: PointerOutput, names: list[str], batches: '_Batches', rows: torch.Tensor,
+    keep_3d: Optional[torch.Tensor],
+) -> dict[str, torch.Tensor]:
+    """:func:`pointer_loss` of every pointer of the model against its labels (kept groups)."""
+    losses = {}
+    for index, name in enumerate(names):
+        labels = batches.group_labels(rows, name)
+        if keep_3d is not None:
+            labels = torch.gather(labels, 1, keep_3d)
+        losses[name] = pointer_loss(pointer.logits[:, index],
+                                    labels.to(pointer.logits.device))
+    return losses
+
+
 def action_statistics(actions: np.ndarray) -> tuple[list[float], list[float]]:
     """Per-dimension mean and std over every step of every chunk (std floored, see above)."""
     flat = actions.reshape(-1, actions.shape[-1]).astype(np.float64)
@@ -236,6 +263,15 @@ def _random_subset(batch: int, total: int, keep: int, generator: torch.Generator
     return order.sort(dim=1).values
 
 
+@dataclass
+class ForwardResult:
+    """What :func:`forward` returns with ``return_states``."""
+
+    prediction: torch.Tensor
+    states: torch.Tensor
+    pointer: Optional[PointerOutput]
+
+
 def forward(
     model: MultiModalVLA,
     pixel_values: torch.Tensor,
@@ -246,12 +282,13 @@ def forward(
     keep_2d: Optional[torch.Tensor] = None,
     keep_3d: Optional[torch.Tensor] = None,
     return_states: bool = False,
-) -> 'torch.Tensor | tuple[torch.Tensor, torch.Tensor]':
+) -> 'torch.Tensor | ForwardResult':
     """
     Normalised action chunks [B, horizon, 7], optionally from a subset of the visual tokens.
 
-    With ``return_states`` also the final hidden states of the whole sequence [B, L, width]
-    (kept 2D tokens, kept 3D tokens, text, proprio, action queries).
+    With ``return_states`` a :class:`ForwardResult`: also the final hidden states of the whole
+    sequence [B, L, width] (kept 2D tokens, kept 3D tokens, text, proprio, action queries) and
+    the pointer's output over the kept 3D tokens (None for a model without pointers).
 
     ``keep_2d`` [B, n2] / ``keep_3d`` [B, n3] are sorted patch / group indices. Kept tokens
     keep their original rotary positions and the causal mask is built from the length alone,
@@ -267,8 +304,10 @@ def forward(
     features = torch.gather(features, 1, keep_2d[..., None].expand(-1, -1, features.shape[2]))
     tokens_2d = model.project_2d_tokens(features)
     rows = torch.arange(batch, device=device)[:, None]
-    tokens_3d = model.encode_3d(neighbourhoods[rows, keep_3d], centres[rows, keep_3d])
-    embeds = model.assemble(tokens_2d, tokens_3d, input_ids, proprio)
+    kept_centres, kept_neighbourhoods = centres[rows, keep_3d], neighbourhoods[rows, keep_3d]
+    tokens_3d = model.encode_3d(kept_neighbourhoods, kept_centres)
+    pointer = model.point(input_ids, kept_centres, kept_neighbourhoods)
+    embeds = model.assemble(tokens_2d, tokens_3d, input_ids, proprio, pointer)
     rest = embeds.shape[1] - keep_2d.shape[1] - keep_3d.shape[1]
     after_visual = n_2d + n_3d + torch.arange(rest, device=device)
     positions = torch.cat([keep_2d, keep_3d + n_2d, after_visual.expand(batch, -1)], dim=1)
@@ -282,8 +321,8 @@ def forward(
         if isinstance(hidden, tuple):
             hidden = hidden[0]
     hidden = decoder.norm(hidden)
-    prediction = model.head(hidden[:, -model.config.horizon:])
-    return (prediction, hidden) if return_states else prediction
+    prediction = model.head(hidden[:, -model.config.horizon:], pointer, proprio)
+    return ForwardResult(prediction, hidden, pointer) if return_states else prediction
 
 
 def _learning_rate(config: TrainConfig, step: int) -> float:
@@ -498,6 +537,7 @@ def train(config: TrainConfig) -> TrainResult:
     running: list[float] = []
     running_aux: list[float] = []
     running_ground: list[float] = []
+    running_pointer: dict[str, list[float]] = {}
     val_loss: Optional[float] = None
     try:
         while step < config.steps:
@@ -514,11 +554,18 @@ def train(config: TrainConfig) -> TrainResult:
             lr = _learning_rate(config, step)
             for group in optimizer.param_groups:
                 group['lr'] = lr
-            prediction, states = forward(model, *inputs, keep_2d=keep_2d, keep_3d=keep_3d,
-                                         return_states=True)
-            loss = (prediction - targets).abs().mean()
+            result = forward(model, *inputs, keep_2d=keep_2d, keep_3d=keep_3d,
+                             return_states=True)
+            states = result.states
+            loss = (result.prediction - targets).abs().mean()
             total = loss
             query_states = states[:, -model.config.horizon:]
+            if result.pointer is not None and config.pointer_weight > 0:
+                pointing = _pointer_losses(result.pointer, model.config.pointers,
+                                           train_batches, rows, keep_3d)
+                total = total + config.pointer_weight * sum(pointing.values())
+                for name, value in pointing.items():
+                    running_pointer.setdefault(name, []).append(value.item())
             if 'aux_probe' in probes:
                 labels = train_batches.aux_labels(rows).to(device)
                 localisation = aux_loss(probes['aux_probe'], query_states, labels)
@@ -552,6 +599,8 @@ def train(config: TrainConfig) -> TrainResult:
                     record['aux_loss'] = float(np.mean(running_aux[-config.log_every:]))
                 if running_ground:
                     record['ground_loss'] = float(np.mean(running_ground[-config.log_every:]))
+                for name, values in running_pointer.items():
+                    record[f'pointer_{name}_loss'] = float(np.mean(values[-config.log_every:]))
                 if checkpoint and val_batches is not None:
                     val_loss = validation_loss(model, val_batches)
                     record['val_loss'] = val_loss

@@ -1,0 +1,168 @@
+"""
+Instruction-guided pointers: which 3D tokens show the things the instruction names.
+
+The decoder reads [2D, 3D, instruction, proprio, action queries] causally, so a 3D token never
+sees the instruction and which object is meant has to be found by the action queries alone,
+from a single behaviour-cloning signal per frame. Trained that way the reference policy never
+learnt it (docs/training.md: it ignored the 3D tokens, and a probe showed that one label per
+frame is too weak while one label per 3D token makes the step learnable in minutes).
+
+A pointer makes that step explicit, as 3D policies such as Act3D and 3D Diffuser Actor score
+scene points against the language. Each named pointer ('object', 'zone') pools the instruction
+with its own learned query, after one bidirectional layer over the pointer's own word
+embeddings (so 'push the red cube to the blue zone' can tell the two colours' roles apart),
+scores every 3D group the decoder reads by what it looks like (centre, extent, mean colour)
+against that summary, and answers with the softmax-weighted mean of the group centres (camera
+frame). The points enter the action queries' inputs and the action head. Training supervises
+the scores with which groups really lie on the named thing (a label per group).
+
+Pruning acts on the pointer as on the decoder: it scores only the groups a pruner kept before
+the decoder (and those whose keys a temporal pruner reuses), so dropping the named object's
+groups moves the point elsewhere. Its cost is in the analytic FLOPs (``FlopsModel.pointers``).
+
+Reconstruction choices, made here and measured in docs/training.md: scoring the decoder's
+learned 3D tokens instead of the descriptors, or using the decoder's (tiny-at-init) word
+embeddings, trained the pointer several times more slowly on the benchmark's data.
+"""
+
+from dataclasses import dataclass
+import math
+from typing import Optional
+
+import torch
+from torch import nn
+
+# Targets a pointer may name; the training labels of each come from the recorder's metadata.
+POINTER_TARGETS = ('object', 'zone')
+
+
+@dataclass
+class PointerOutput:
+    """Scores [B, P, G] of every given 3D token per pointer, and the points [B, P, 3]."""
+
+    logits: torch.Tensor
+    points: torch.Tensor
+
+
+# Scales that bring the group descriptors to order one: centres (a metre or less from the
+# camera) x 3, the extent of a group's points in centimetres, colours centred and doubled.
+CENTRE_SCALE = 3.0
+EXTENT_SCALE = 100.0
+COLOUR_SCALE = 2.0
+
+
+def group_descriptors(neighbourhoods: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    """
+    What tells named things apart, per group [..., G, 6 or 9]: centre, extent, mean colour.
+
+    ``neighbourhoods`` [..., G, k, F] hold xyz relative to ``centres`` [..., G, 3], then RGB
+    in [0, 1] when F >= 6 (coloured tokens). The extent is the per-axis standard deviation of
+    the relative xyz (flat zone marks, tall cylinders and small cubes differ there).
+    """
+    extent = neighbourhoods[..., :3].std(dim=-2, unbiased=False)
+    parts = [centres * CENTRE_SCALE, extent * EXTENT_SCALE]
+    if neighbourhoods.shape[-1] >= 6:
+        parts.append((neighbourhoods[..., 3:6].mean(dim=-2) - 0.5) * COLOUR_SCALE)
+    return torch.cat(parts, dim=-1)
+
+
+class InstructionPointer(nn.Module):
+    """Score 3D groups against the instruction, one learned text query per pointer."""
+
+    def __init__(
+        self, width: int, num_pointers: int, text_length: int, num_heads: int, vocab_size: int,
+        point_features: int = 3, proprio_dim: int = 0,
+    ) -> None:
+        super().__init__()
+        self.num_pointers = num_pointers
+        # Its own word embeddings (unit scale, not the decoder's small ones): the pointer learns
+        # what colour and shape words mean without pulling on the decoder's inputs.
+        self.words = nn.Embedding(vocab_size, width)
+        self.text_position = nn.Parameter(torch.zeros(text_length, width))
+        self.text_layer = nn.TransformerEncoderLayer(
+            width, num_heads, dim_feedforward=2 * width, dropout=0.0, batch_first=True,
+            norm_first=True,
+        )
+        self.pool_queries = nn.Parameter(torch.randn(num_pointers, width) * 0.02)
+        self.query = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, width))
+        descriptor = 9 if point_features >= 6 else 6
+        self.key = nn.Sequential(
+            nn.Linear(descriptor, width), nn.GELU(), nn.Linear(width, width))
+        # The score reads the group and its product with the text summary: a match of colour
+        # AND shape is a conjunction, which one bilinear form cannot express.
+        self.score = nn.Sequential(nn.Linear(2 * width, width), nn.GELU(), nn.Linear(width, 1))
+        self.scale = 1.0 / math.sqrt(width)
+        # The points reach the actions twice: through the decoder (added to the action-query
+        # inputs) and straight into the action head together with the pose, where moving
+        # towards a point is one linear map of (point, pose) away; through the decoder alone
+        # a warm-started policy took thousands of steps to start using them.
+        # Zero: a model warm-started from one without pointers computes what it computed.
+        self.to_queries = nn.Linear(3 * num_pointers, width)
+        self.to_head = nn.Linear(3 * num_pointers + proprio_dim, width)
+        for layer in (self.to_queries, self.to_head):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(
+        self, input_ids: torch.Tensor, centres: torch.Tensor, neighbourhoods: torch.Tensor
+    ) -> PointerOutput:
+        """
+        Point into ``centres`` [B, G, 3] by scoring the groups.
+
+        A group is read as :func:`group_descriptors` of its ``neighbourhoods`` [B, G, k, F];
+        ``input_ids`` [B, T] is the instruction (T at most the configured text length). With no
+        group (G = 0) every point is the origin.
+        """
+        length = input_ids.shape[1]
+        if length > self.text_position.shape[0]:
+            raise ValueError(f"instruction of {length} tokens exceeds the pointer's "
+                             f'{self.text_position.shape[0]}')
+        dtype = self.to_queries.weight.dtype
+        text = self.text_layer(self.words(input_ids).to(dtype) + self.text_position[:length])
+        attention = torch.softmax(
+            torch.einsum('pw,btw->bpt', self.pool_queries, text) * self.scale, dim=-1)
+        summary = self.query(torch.einsum('bpt,btw->bpw', attention, text))
+        batch, groups = centres.shape[:2]
+        if groups == 0:
+            return PointerOutput(logits=summary.new_zeros(batch, self.num_pointers, 0),
+                                 points=summary.new_zeros(batch, self.num_pointers, 3))
+        centres = centres.to(dtype)
+        keys = self.key(group_descriptors(neighbourhoods.to(dtype), centres)).unsqueeze(1)
+        summary = summary.unsqueeze(2).expand(-1, -1, groups, -1)  # [B, P, G, width]
+        keys = keys.expand_as(summary)
+        logits = self.score(torch.cat([keys, keys * summary], dim=-1)).squeeze(-1)
+        points = torch.einsum('bpg,bgc->bpc', torch.softmax(logits, dim=-1), centres)
+        return PointerOutput(logits=logits, points=points)
+
+    def embed(self, output: PointerOutput) -> torch.Tensor:
+        """What the action queries receive: [B, width] from the points."""
+        return self.to_queries(output.points.flatten(1).to(self.to_queries.weight.dtype))
+
+    def head_input(
+        self, output: PointerOutput, proprio: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        """What the action head adds to every final action-query state: [B, width]."""
+        parts = [output.points.flatten(1)]
+        if proprio is not None:
+            parts.append(proprio)
+        features = torch.cat(parts, dim=1).to(self.to_head.weight.dtype)
+        if features.shape[1] != self.to_head.in_features:
+            raise ValueError(f'the pointer head reads {self.to_head.in_features} values '
+                             f'(points and pose), got {features.shape[1]}')
+        return self.to_head(features)
+
+
+def pointer_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """
+    Negative log of the probability mass a pointer puts on the labelled groups.
+
+    ``logits`` and ``labels`` are [B, G] (labels 1/0, NaN rows where unknown); rows without a
+    known label or without any positive group (the thing was pruned away or is out of view) do
+    not count. Zero (with a gradient path) when no row counts.
+    """
+    known = torch.isfinite(labels).all(dim=1) & (torch.nan_to_num(labels).sum(dim=1) > 0)
+    if not known.any():
+        return logits.sum() * 0.0
+    log_probs = torch.log_softmax(logits[known].float(), dim=-1)
+    on_target = log_probs.masked_fill(labels[known] <= 0, float('-inf'))
+    return -torch.logsumexp(on_target, dim=-1).mean()
