@@ -221,6 +221,10 @@ def test_group_labels_of_recorded_frames_lie_on_the_target(bag):
 
     samples = load_samples([bag], MultiModalVLA(preset_config('sim')))
     push = samples.family == samples.families.index('push')
+    assert samples.group_labels('zone') is samples.zone_groups
+    assert samples.group_labels('object') is samples.target_groups
+    with pytest.raises(DatasetError, match='gripper'):
+        samples.group_labels('gripper')
     # the zone labels: every push frame, and the painted disc is among the 3D tokens
     zone_labelled = np.isfinite(samples.zone_groups).all(axis=1)
     np.testing.assert_array_equal(zone_labelled, push)

@@ -28,11 +28,6 @@ from vla_pruned_ros.model.text import InstructionEncoder, build_tokenizer
 from vla_pruned_ros.train.dataset import Samples, concat_samples, read_cached_samples
 
 
-def labels_of(samples: Samples, name: str) -> np.ndarray:
-    """The group labels of pointer ``name`` (see ``_Batches.group_labels``)."""
-    return samples.target_groups if name == 'object' else samples.zone_groups
-
-
 def evaluate(model: MultiModalVLA, samples: Samples, input_ids: torch.Tensor) -> dict:
     """Mean mass on the labelled groups (and the uninformed share) per pointer and family."""
     with torch.no_grad():
@@ -40,7 +35,7 @@ def evaluate(model: MultiModalVLA, samples: Samples, input_ids: torch.Tensor) ->
                              torch.from_numpy(samples.neighbourhoods))
     result = {}
     for index, name in enumerate(model.config.pointers):
-        labels = labels_of(samples, name)
+        labels = samples.group_labels(name)
         known = np.isfinite(labels).all(axis=1) & (np.nan_to_num(labels).sum(axis=1) > 0)
         probs = torch.softmax(output.logits[:, index], dim=-1).numpy()
         for family_index, family in enumerate(samples.families):
@@ -96,7 +91,7 @@ def main() -> None:
     val_rows = val_rows[np.linspace(0, len(val_rows) - 1, min(args.val_frames, len(val_rows)))
                         .astype(np.int64)]
     val = samples.subset(val_rows)
-    labels = {name: torch.from_numpy(labels_of(samples, name)) for name in config.pointers}
+    labels = {name: torch.from_numpy(samples.group_labels(name)) for name in config.pointers}
     centres = torch.from_numpy(samples.centres)
     neighbourhoods = torch.from_numpy(samples.neighbourhoods)
     optimiser = torch.optim.AdamW(model.pointer.parameters(), lr=args.lr)

@@ -6,7 +6,8 @@ them to the width of a transformers decoder (Qwen2 or Llama family), which reads
 [2D, 3D, instruction, proprio, action queries] and whose final action-query states a small head
 regresses into an action chunk of ``horizon`` x ``action_dim`` in one forward pass. Models
 configured with ``pointers`` also locate what the instruction names among the 3D tokens
-(:mod:`vla_pruned_ros.model.pointer`) and add those points to the action-query inputs.
+(:mod:`vla_pruned_ros.model.pointer`) and add those points to the action-query inputs and
+to the head's.
 
 The model exposes its stages separately (encode_2d, encode_3d, embed_text, ...) because the
 policy runs pruning hooks between them; :meth:`forward_dense` chains them for training.

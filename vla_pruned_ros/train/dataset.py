@@ -248,6 +248,14 @@ class Samples:
         """Number of distinct episodes."""
         return len(np.unique(self.episode))
 
+    def group_labels(self, target: str) -> np.ndarray:
+        """The per-group labels [N, G] of a pointer target: 'object' or 'zone'."""
+        if target == 'object':
+            return self.target_groups
+        if target == 'zone':
+            return self.zone_groups
+        raise DatasetError(f"no group labels for {target!r}; known: 'object', 'zone'")
+
     def subset(self, rows: np.ndarray) -> 'Samples':
         """Return the samples at ``rows``."""
         return Samples(

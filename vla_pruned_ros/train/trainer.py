@@ -160,8 +160,8 @@ class _Batches:
         mean, std = model.action_mean.cpu(), model.action_std.cpu()
         self.targets = (torch.from_numpy(samples.actions) - mean) / std
         self.target_xy = torch.from_numpy(samples.target_xy) / AUX_SCALE_M
-        self.target_groups = torch.from_numpy(samples.target_groups)
-        self.zone_groups = torch.from_numpy(samples.zone_groups)
+        self.pointer_labels = {name: torch.from_numpy(samples.group_labels(name))
+                               for name in POINTER_TARGETS}
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -181,9 +181,9 @@ class _Batches:
 
         ``target`` is one of ``POINTER_TARGETS``: the named object or the named zone.
         """
-        if target not in POINTER_TARGETS:
+        if target not in self.pointer_labels:
             raise TrainError(f'no group labels for {target!r}; known: {POINTER_TARGETS}')
-        return (self.target_groups if target == 'object' else self.zone_groups)[rows]
+        return self.pointer_labels[target][rows]
 
 
 def aux_loss(probe: nn.Module, action_states: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
