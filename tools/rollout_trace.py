@@ -14,6 +14,7 @@ import argparse
 import numpy as np
 
 from vla_pruned_ros.policy import Policy
+from vla_pruned_ros.pruning import Budget
 from vla_pruned_ros.sim.env import TabletopEnv
 from vla_pruned_ros.sim.evaluate import EXECUTE_STEPS, POINTS_STRIDE
 
@@ -30,8 +31,6 @@ def main() -> None:
     args = parser.parse_args()
     policy = Policy.from_pretrained(args.model, device='cpu', pruner=args.pruner)
     if args.keep_ratio is not None:
-        from vla_pruned_ros.pruning import Budget
-
         policy.configure(budget=Budget(keep_ratio=args.keep_ratio))
     size = policy.config.vision.image_size
     names = policy.config.pointers
