@@ -9,7 +9,9 @@ from model_fixtures import make_observation
 from vla_pruned_ros.device import resolve_device, resolve_dtype
 from vla_pruned_ros.model.checkpoint import CheckpointError, load_model, save_model
 from vla_pruned_ros.model.config import MVLAConfig
-from vla_pruned_ros.model.flops import DecoderShape, PointShape, VisionShape
+from vla_pruned_ros.model.flops import DecoderShape, FlopsModel, PointShape, VisionShape
+from vla_pruned_ros.model.mvla import MultiModalVLA
+from vla_pruned_ros.model.pointer import PointerOutput
 from vla_pruned_ros.model.presets import PRESETS, preset_config
 from vla_pruned_ros.policy import Policy
 
@@ -72,6 +74,20 @@ def test_pointer_flops_match_torch_flop_counter(policy):
         measured = counter.get_total_flops() + 2 * 2.0 * length * length * width
         assert flops.pointers(groups) == pytest.approx(measured, rel=1e-6)
     assert flops.pointers(5) < flops.pointers(32)  # pruned groups are not scored
+
+
+@pytest.mark.parametrize('hidden', [0, 32])
+def test_action_head_flops_match_torch_flop_counter(hidden):
+    config = preset_config('tiny')
+    config.head_hidden = hidden
+    model = MultiModalVLA(config)
+    assert model.config.camera_to_base is not None
+    flops = FlopsModel.from_model(model)
+    states = torch.randn(1, model.config.horizon, model.width)
+    output = PointerOutput(logits=torch.zeros(1, 2, 0), points=torch.randn(1, 2, 3))
+    with FlopCounterMode(display=False) as counter:
+        model.head(states, output, torch.randn(1, 7))
+    assert flops.action_head() == pytest.approx(counter.get_total_flops(), rel=1e-6)
 
 
 def test_policy_step_shapes_and_stats(policy):

@@ -6,10 +6,17 @@ import numpy as np
 import pytest
 import torch
 
+from vla_pruned_ros.camera import look_at_pose
 from vla_pruned_ros.model.config import MVLAConfig
 from vla_pruned_ros.model.kv_reuse import KVReuse
 from vla_pruned_ros.model.mvla import MultiModalVLA
-from vla_pruned_ros.model.pointer import InstructionPointer, pointer_loss
+from vla_pruned_ros.model.pointer import (
+    GEOMETRY_SCALE,
+    InstructionPointer,
+    PointerOutput,
+    geometry_features,
+    pointer_loss,
+)
 from vla_pruned_ros.model.presets import preset_config
 from vla_pruned_ros.policy import Policy
 from vla_pruned_ros.tokens.points_3d import PointGroups
@@ -158,3 +165,71 @@ def test_policy_points_at_kept_and_reused_groups_but_decodes_only_the_kept():
     direct = model.point(ids, torch.as_tensor(groups.centres[seen])[None],
                          torch.as_tensor(groups.neighbourhoods[seen])[None])
     torch.testing.assert_close(pointer_reused.logits, direct.logits)
+
+
+def test_geometry_features_are_the_points_seen_from_the_end_effector():
+    # a camera 1 m above the origin looking straight down the -z axis, x to the right
+    camera_to_base = torch.tensor([[1.0, 0, 0, 0], [0, -1, 0, 0], [0, 0, -1, 1], [0, 0, 0, 1]])
+    points = torch.tensor([[[0.1, 0.2, 0.9], [0.0, 0.0, 1.0]]])  # camera frame
+    pose = torch.tensor([[0.1, -0.1, 0.3, 0, 0, 0, 1]])
+    features = geometry_features(points, pose, camera_to_base).view(2, 9) / GEOMETRY_SCALE
+    base = torch.tensor([[0.1, -0.2, 0.1], [0.0, 0.0, 0.0]])
+    offset = base - pose[0, :3]
+    torch.testing.assert_close(features[:, :3], base)
+    torch.testing.assert_close(features[:, 3:6], offset)
+    torch.testing.assert_close(features[:, 6:8], offset[:, :2].abs())
+    torch.testing.assert_close(features[:, 8], offset[:, :2].norm(dim=1))
+    # computed in float32 whatever the model's dtype
+    half = geometry_features(points.bfloat16(), pose.bfloat16(), camera_to_base.bfloat16())
+    assert half.dtype == torch.float32
+
+
+def test_the_head_reads_where_the_pointed_thing_is_relative_to_the_gripper():
+    config = preset_config('tiny')
+    config.head_hidden = 32  # as the sim preset: two hidden layers
+    assert config.camera_to_base is not None
+    torch.manual_seed(0)
+    model = MultiModalVLA(config).eval()
+    torch.nn.init.normal_(model.pointer.to_head.weight, std=0.1)
+    states = torch.zeros(1, config.horizon, model.width)
+    points = torch.tensor([[[0.0, 0.0, 0.5], [0.1, 0.0, 0.5]]])
+    pose = torch.tensor([[0.0, -0.1, 0.1, 0, 0, 0, 1]])
+    output = PointerOutput(logits=torch.zeros(1, 2, 0), points=points)
+    with torch.no_grad():
+        reference = model.head(states, output, pose)
+        # moving the gripper alone changes the actions through the offsets as well as the pose
+        moved = pose.clone()
+        moved[0, 2] += 0.05
+        assert not torch.allclose(model.head(states, output, moved), reference)
+        with pytest.raises(ValueError, match='pose'):
+            model.pointer.head_input(output, None)
+    assert model.pointer.camera_to_base is not None
+    assert 'pointer.camera_to_base' not in model.state_dict()  # configuration, not a weight
+
+
+@pytest.mark.parametrize('overrides, message', [
+    ({'camera_to_base': [[1.0, 0, 0], [0, 1, 0], [0, 0, 1]]}, '4 x 4'),
+    ({'camera_to_base': [[2.0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]}, 'rigid'),
+    ({'camera_to_base': [[1.0, 0, 0, 0], [0, 1, 0, 0], [0, 0, -1, 0], [0, 0, 0, 1]]}, 'rigid'),
+    ({'camera_to_base': [[1.0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]],
+      'pointers': []}, 'pointers'),
+    ({'camera_to_base': [[1.0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]],
+      'proprio_dim': 0}, 'proprio_dim'),
+    ({'head_hidden': -1}, 'head_hidden'),
+])
+def test_head_geometry_settings_are_checked(overrides, message):
+    settings = {'pointers': ['object']}
+    settings.update(overrides)
+    with pytest.raises(ValueError, match=message):
+        MVLAConfig(**settings)
+
+
+def test_look_at_pose_is_a_camera_optical_frame():
+    pose = look_at_pose((0.0, -1.0, 1.0), (0.0, 0.0, 0.0))
+    rotation = pose[:3, :3]
+    np.testing.assert_allclose(rotation @ rotation.T, np.eye(3), atol=1e-12)
+    np.testing.assert_allclose(rotation[:, 2], np.array([0.0, 1.0, -1.0]) / math.sqrt(2))
+    np.testing.assert_allclose(rotation[:, 0], (1.0, 0.0, 0.0))  # no roll
+    assert rotation[2, 1] < 0  # image down points down in the world
+    with pytest.raises(ValueError, match='straight'):
+        look_at_pose((0.0, 0.0, 1.0), (0.0, 0.0, 0.0))

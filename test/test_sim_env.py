@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from vla_pruned_ros.model.presets import preset_config
 from vla_pruned_ros.observation import Observation
 from vla_pruned_ros.sim.env import ACTION_HIGH, SIM_START_NS, EnvError, TabletopEnv
 from vla_pruned_ros.sim.scene import COLOURS
@@ -58,6 +59,13 @@ def test_depth_back_projects_onto_the_table_plane_through_the_extrinsics(env):
     # Bottom row corners look at bare table (objects and gripper stay in the middle).
     for row, col in ((47, 0), (47, 63), (30, 2)):
         assert abs(world[row, col, 2]) < 2e-3, world[row, col]
+
+
+def test_sim_preset_states_the_camera_pose_the_simulator_renders_from(env):
+    # the sim preset's head reads pointed positions in the world frame through this pose
+    for name in ('sim', 'tiny'):
+        np.testing.assert_allclose(preset_config(name).camera_to_base, env.camera_to_world(),
+                                   atol=1e-6)
 
 
 def test_target_object_appears_in_its_colour_where_the_camera_model_projects_it(env):

@@ -132,3 +132,11 @@ def test_rollout_trace_prints_where_the_pointers_point(policy, tmp_path):
     assert len(steps) == len(lines) - 2 >= 1  # every step, the tiny policy never succeeds
     assert lines[-1].startswith('target ') and lines[-1].endswith('success: False')
     assert policy.last_pointer is None or policy.last_pointer.points.shape[-1] == 3
+    # the expert drives: it solves the episode, every line shows its phase and action
+    result = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / 'model'), 'pick', '0', '--split', 'train',
+         '--teacher'], check=True, capture_output=True, text=True, timeout=300)
+    lines = result.stdout.strip().splitlines()
+    phases = [line.split(' expert ')[1].split()[0] for line in lines[1:-1]]
+    assert phases[0] == 'approach' and 'close' in phases and phases[-1] == 'lift'
+    assert lines[-1].endswith('success: True')

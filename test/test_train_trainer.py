@@ -266,3 +266,46 @@ def test_proprio_dropout_zeroes_whole_rows_at_the_given_rate(bag, tmp_path):
     assert train(_config(bag, tmp_path / 'run', steps=2, proprio_drop_prob=1.0)).step == 2
     with pytest.raises(TrainError, match='proprio_drop_prob'):
         train(_config(bag, tmp_path / 'bad', proprio_drop_prob=1.5))
+
+
+def test_head_stage_fits_only_the_head_of_a_trained_model_and_resumes(bag, tmp_path):
+    first = train(_config(bag, tmp_path / 'first', steps=2))
+    before = load_file(first.model_dir / 'model.safetensors')
+    settings = {'steps': 30, 'batch_size': 16, 'lr': 3e-3, 'stage': 'head', 'head_views': 2,
+                'checkpoint_every': 15, 'init_from': str(first.model_dir)}
+    head = train(_config(bag, tmp_path / 'head', **settings))
+    after = load_file(head.model_dir / 'model.safetensors')
+    head_names = {name for name in after
+                  if name.startswith('action_head.') or name.startswith('pointer.to_head.')}
+    assert head_names and any(not torch.equal(before[n], after[n]) for n in head_names)
+    # the trunk is frozen: every other weight is the source's, bit for bit
+    for name in after.keys() - head_names:
+        torch.testing.assert_close(after[name], before[name], rtol=0, atol=0)
+    log = [json.loads(line) for line in (tmp_path / 'head' / 'log.jsonl').read_text().splitlines()]
+    losses = [record['train_loss'] for record in log if 'train_loss' in record]
+    assert np.mean(losses[-5:]) < np.mean(losses[:5])
+    assert 'val_loss' not in log[-1] or np.isfinite(log[-1]['val_loss'])
+    # resuming recomputes the same trunk outputs and continues the same batches (stopped
+    # within the warm-up, where the schedule does not depend on the total steps)
+    train(_config(bag, tmp_path / 'resumed', **{**settings, 'steps': 2}))
+    resumed = train(_config(bag, tmp_path / 'resumed', **{**settings, 'steps': 30,
+                                                         'init_from': '', 'resume': True}))
+    resumed_weights = load_file(resumed.model_dir / 'model.safetensors')
+    for name in head_names:
+        torch.testing.assert_close(resumed_weights[name], after[name], rtol=0, atol=1e-6)
+    with pytest.raises(TrainError, match="'head' stage"):
+        train(_config(bag, tmp_path / 'resumed', steps=40, resume=True))
+
+
+@pytest.mark.parametrize('overrides, message', [
+    ({}, '--init-from'),
+    ({'init_from': 'm', 'aux_weight': 1.0}, 'head alone'),
+    ({'init_from': 'm', 'proprio_drop_prob': 0.5}, 'head alone'),
+    ({'init_from': 'm', 'head_views': 0}, 'head_views'),
+])
+def test_head_stage_refuses_settings_that_would_train_the_trunk_or_nothing(
+        bag, tmp_path, overrides, message):
+    with pytest.raises(TrainError, match=message):
+        train(_config(bag, tmp_path / 'x', stage='head', **overrides))
+    with pytest.raises(TrainError, match='stage'):
+        train(_config(bag, tmp_path / 'y', stage='decoder'))

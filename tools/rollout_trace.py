@@ -6,7 +6,12 @@ world frame (object and zone, for the ``sim`` preset), and the first action of t
 chunk (dx dy dz dyaw gripper), then the target's start position and the outcome. Use it to see
 why an episode fails: a wrong point (grounding) or a right point the actions ignore.
 
+With ``--teacher`` the scripted expert drives instead, one action per line, and each line shows
+the expert's phase and action next to the first action the policy predicts there: how the
+policy acts on the demonstrations' own states (no drift), phase by phase.
+
     python tools/rollout_trace.py models/default reach 1 --split heldout
+    python tools/rollout_trace.py models/default pick 5 --split train --teacher
 """
 
 import argparse
@@ -17,6 +22,10 @@ from vla_pruned_ros.policy import Policy
 from vla_pruned_ros.pruning import Budget
 from vla_pruned_ros.sim.env import TabletopEnv
 from vla_pruned_ros.sim.evaluate import EXECUTE_STEPS, POINTS_STRIDE
+from vla_pruned_ros.sim.expert import make_expert
+
+# dx dy dz dyaw gripper: the dimensions the benchmark's tasks use
+SHOWN = [0, 1, 2, 5, 6]
 
 
 def main() -> None:
@@ -28,6 +37,8 @@ def main() -> None:
     parser.add_argument('--split', default='heldout', choices=('train', 'heldout'))
     parser.add_argument('--pruner', default='dense', help='pruner spec, e.g. tri_stage')
     parser.add_argument('--keep-ratio', type=float, default=None)
+    parser.add_argument('--teacher', action='store_true',
+                        help="the expert drives; print its action next to the policy's")
     args = parser.parse_args()
     policy = Policy.from_pretrained(args.model, device='cpu', pruner=args.pruner)
     if args.keep_ratio is not None:
@@ -40,6 +51,7 @@ def main() -> None:
         observation = env.reset()
         print(env.instruction)
         to_world = env.camera_to_world()
+        expert = make_expert(args.family) if args.teacher else None
         done = env.success
         step = 0
         while not done:
@@ -49,8 +61,12 @@ def main() -> None:
                 points = policy.last_pointer.points[0].float().cpu().numpy()
                 world = points @ to_world[:3, :3].T + to_world[:3, 3]
                 line += ''.join(f' {name} {np.round(world[i], 3)}' for i, name in enumerate(names))
-            print(line + f' action {np.round(actions[0][[0, 1, 2, 5, 6]], 3)}', flush=True)
-            for action in actions[:EXECUTE_STEPS]:
+            executed = actions[:EXECUTE_STEPS]
+            if expert is not None:
+                executed = [expert.act(env)]
+                line += f' expert {expert.phase} {np.round(executed[0][SHOWN], 3)}'
+            print(line + f' action {np.round(actions[0][SHOWN], 3)}', flush=True)
+            for action in executed:
                 observation, done, _ = env.step(action)
                 if done:
                     break

@@ -1,5 +1,5 @@
 """
-Pinhole camera intrinsics: the link between image pixels and camera-frame 3D points.
+Pinhole camera geometry: intrinsics (image pixels to camera-frame 3D points) and a camera's pose.
 
 Pixel convention (the one ROS CameraInfo uses): integer pixel coordinates name pixel
 centres, so the centre of a W-pixel-wide image lies at u = (W - 1) / 2. Camera frame: x right,
@@ -119,3 +119,24 @@ class CameraIntrinsics:
             width=int(width),
             height=int(height),
         )
+
+
+def look_at_pose(
+    position: 'tuple[float, float, float]', target: 'tuple[float, float, float]'
+) -> np.ndarray:
+    """
+    Return the 4 x 4 pose of a camera optical frame at ``position`` looking at ``target``.
+
+    The optical axes are x right, y down, z forward; with no roll, x stays horizontal (world z
+    is up). Raises ``ValueError`` for a camera looking straight up or down (roll undefined).
+    """
+    forward = np.subtract(target, position).astype(np.float64)
+    forward /= np.linalg.norm(forward)
+    right = np.cross(forward, (0.0, 0.0, 1.0))
+    if np.linalg.norm(right) < 1e-9:
+        raise ValueError('a camera looking straight up or down has no defined roll')
+    right /= np.linalg.norm(right)
+    pose = np.eye(4)
+    pose[:3, :3] = np.stack([right, np.cross(forward, right), forward], axis=1)
+    pose[:3, 3] = position
+    return pose

@@ -4,6 +4,8 @@ from dataclasses import asdict, dataclass, field
 import json
 from typing import Any, Optional
 
+import numpy as np
+
 from vla_pruned_ros.model.pointer import POINTER_TARGETS
 from vla_pruned_ros.tokens.points_3d import PointTokenizerConfig
 from vla_pruned_ros.tokens.vision_2d import VisionTowerConfig
@@ -43,6 +45,19 @@ class DecoderConfig:
         return self.hidden_size // self.num_heads
 
 
+def _rigid_transform(matrix: Any) -> list[list[float]]:
+    """Check a 4 x 4 rigid transform (rotation and translation) and return it as lists."""
+    array = np.asarray(matrix, dtype=np.float64)
+    if array.shape != (4, 4) or not np.isfinite(array).all():
+        raise ValueError(f'camera_to_base must be a finite 4 x 4 matrix, got shape {array.shape}')
+    rotation = array[:3, :3]
+    if (not np.allclose(rotation @ rotation.T, np.eye(3), atol=1e-4)
+            or not np.allclose(array[3], (0, 0, 0, 1)) or np.linalg.det(rotation) < 0):
+        raise ValueError('camera_to_base must be a rigid transform: an orthonormal rotation '
+                         '(det +1), a translation and a last row of 0 0 0 1')
+    return array.tolist()
+
+
 @dataclass
 class MVLAConfig:
     """
@@ -52,7 +67,13 @@ class MVLAConfig:
     gripper). The head regresses normalised actions; ``action_mean``/``action_std`` (set by
     training from the demonstrations) map them back to physical units. ``pointers`` names the
     instruction-guided pointers over the 3D tokens (see :mod:`vla_pruned_ros.model.pointer`;
-    empty = none), each one of ``POINTER_TARGETS``.
+    empty = none), each one of ``POINTER_TARGETS``. ``camera_to_base`` (4 x 4, row-major) is the
+    camera optical frame's pose in the frame of the end-effector pose that the model was trained
+    with; given it, a model with pointers also feeds the head the pointed positions in that
+    frame and their offsets from the end effector (``pointer.geometry_features``). The model is
+    tied to its camera placement in any case (it learns from camera-frame clouds); this states
+    it. ``head_hidden`` = 0 is the original head (one hidden layer of the decoder's width), > 0
+    two hidden layers of that width.
     """
 
     vision: VisionTowerConfig = field(default_factory=VisionTowerConfig)
@@ -69,9 +90,19 @@ class MVLAConfig:
     action_std: list[float] = field(default_factory=lambda: [1.0] * 7)
     preset: str = 'custom'
     pointers: list[str] = field(default_factory=list)
+    camera_to_base: Optional[list[list[float]]] = None
+    head_hidden: int = 0
 
     def __post_init__(self) -> None:
         self.pointers = list(self.pointers)
+        if self.head_hidden < 0:
+            raise ValueError(f'head_hidden must be >= 0, got {self.head_hidden}')
+        if self.camera_to_base is not None:
+            self.camera_to_base = _rigid_transform(self.camera_to_base)
+            if not self.pointers or self.proprio_dim < 3:
+                raise ValueError('camera_to_base gives the head where the pointed things are '
+                                 'relative to the end effector: it needs pointers and '
+                                 'proprio_dim >= 3')
         unknown = [name for name in self.pointers if name not in POINTER_TARGETS]
         if unknown or len(set(self.pointers)) != len(self.pointers):
             raise ValueError(f'pointers must be distinct names from {POINTER_TARGETS}, got '

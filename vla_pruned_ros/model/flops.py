@@ -127,6 +127,11 @@ class FlopsModel:
     action_dim: int
     proprio_dim: int
     pointer: Optional[PointerShape] = None
+    head_hidden: int = 0
+    # Inputs of the pointer's linear map into the head (points, pose, geometry); 0 without.
+    head_features: int = 0
+    # Points the head maps into the end-effector pose's frame (0 without camera_to_base).
+    geometry_points: int = 0
 
     @classmethod
     def from_model(cls, model) -> 'FlopsModel':
@@ -163,6 +168,11 @@ class FlopsModel:
                 text_length=model.config.instruction_tokens,
                 descriptor=model.pointer.key[0].in_features,
             ),
+            head_hidden=model.config.head_hidden,
+            head_features=0 if model.pointer is None else model.pointer.to_head.in_features,
+            geometry_points=(len(model.config.pointers)
+                             if model.pointer is not None and model.config.camera_to_base
+                             else 0),
         )
 
     def vision_tower(self, n_patches: int) -> float:
@@ -191,9 +201,17 @@ class FlopsModel:
         return 0.0 if self.pointer is None else self.pointer.flops(n_groups)
 
     def action_head(self) -> float:
-        """The regression head over the action queries."""
-        w = self.width
-        return self.horizon * (linear_flops(1, w, w) + linear_flops(1, w, self.action_dim))
+        """The regression head over the action queries (and the pointer's input to it)."""
+        w, hidden = self.width, self.head_hidden
+        if hidden:
+            layers = (linear_flops(1, w, hidden) + linear_flops(1, hidden, hidden)
+                      + linear_flops(1, hidden, self.action_dim))
+        else:
+            layers = linear_flops(1, w, w) + linear_flops(1, w, self.action_dim)
+        extra = linear_flops(1, self.head_features, w) if self.head_features else 0.0
+        # the pointed positions rotated into the end-effector pose's frame
+        extra += linear_flops(self.geometry_points, 3, 3)
+        return self.horizon * layers + extra
 
     def step(
         self,

@@ -67,6 +67,17 @@ def _mlp(width_in: int, width_out: int) -> nn.Module:
     )
 
 
+def _action_head(width: int, hidden: int, action_dim: int) -> nn.Module:
+    # hidden = 0: the original head; the geometry-reading head needs the second layer to turn
+    # offsets into phase decisions (docs/training.md).
+    if not hidden:
+        return nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, action_dim))
+    return nn.Sequential(
+        nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
+        nn.Linear(hidden, action_dim),
+    )
+
+
 class MultiModalVLA(nn.Module):
     """2D+3D VLA with a transformers decoder and a one-pass action-chunk regression head."""
 
@@ -83,15 +94,13 @@ class MultiModalVLA(nn.Module):
         # A learned embedding per modality tells the decoder which encoder a token came from.
         self.modality_embedding = nn.Embedding(5, width)
         self.action_queries = nn.Parameter(torch.randn(config.horizon, width) * 0.02)
-        self.action_head = nn.Sequential(
-            nn.Linear(width, width), nn.GELU(), nn.Linear(width, config.action_dim)
-        )
+        self.action_head = _action_head(width, config.head_hidden, config.action_dim)
         self.pointer = None
         if config.pointers:
             self.pointer = InstructionPointer(
                 width, len(config.pointers), config.instruction_tokens,
                 self.decoder.config.num_attention_heads, config.vocab_size,
-                config.points.point_features, config.proprio_dim,
+                config.points.point_features, config.proprio_dim, config.camera_to_base,
             )
         self.register_buffer('action_mean', torch.tensor(config.action_mean, dtype=torch.float32))
         self.register_buffer('action_std', torch.tensor(config.action_std, dtype=torch.float32))
@@ -180,6 +189,13 @@ class MultiModalVLA(nn.Module):
             extra = self.pointer.head_input(pointer, proprio if self.n_proprio else None)
             action_states = action_states + extra.to(action_states.dtype).unsqueeze(1)
         return self.action_head(action_states).float()
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        """The weights :meth:`head` adds after the decoder (what a head-only stage trains)."""
+        parameters = list(self.action_head.parameters())
+        if self.pointer is not None:
+            parameters += list(self.pointer.to_head.parameters())
+        return parameters
 
     def denormalize(self, actions: torch.Tensor) -> torch.Tensor:
         """Map normalised head outputs back to physical action units."""

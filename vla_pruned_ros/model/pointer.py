@@ -16,6 +16,14 @@ against that summary, and answers with the softmax-weighted mean of the group ce
 frame). The points enter the action queries' inputs and the action head. Training supervises
 the scores with which groups really lie on the named thing (a label per group).
 
+Given the camera's pose in the frame of the end-effector pose (``camera_to_base``, the
+calibration the policy was trained with), the head also reads the points in that frame and
+their offsets from the end effector (:func:`geometry_features`). The phase decisions of a
+manipulation task (descend when above the object, close at it, push towards the zone) are
+thresholds on exactly these offsets; from camera-frame points and a base-frame pose the head
+had to learn the rotation between them first, and in the benchmark it never learnt to descend
+or lift (docs/training.md, the head stage).
+
 Pruning acts on the pointer as on the decoder: it scores only the groups a pruner kept before
 the decoder (and those whose keys a temporal pruner reuses), so dropping the named object's
 groups moves the point elsewhere. Its cost is in the analytic FLOPs (``FlopsModel.pointers``).
@@ -49,6 +57,33 @@ class PointerOutput:
 CENTRE_SCALE = 3.0
 EXTENT_SCALE = 100.0
 COLOUR_SCALE = 2.0
+# Positions and offsets in the end-effector pose's frame enter the head in units of 10 cm.
+GEOMETRY_SCALE = 10.0
+
+
+def geometry_features(
+    points: torch.Tensor, pose: torch.Tensor, camera_to_base: torch.Tensor
+) -> torch.Tensor:
+    """
+    The pointed positions as the end effector sees them: [B, 9 * P].
+
+    ``points`` [B, P, 3] (camera optical frame) are mapped by ``camera_to_base`` [4, 4] into
+    the frame of ``pose`` [B, >= 3] (its first three values are the end-effector position).
+    Per point: its position, its offset from the end effector, the absolute horizontal offset
+    and the horizontal distance, all times :data:`GEOMETRY_SCALE`.
+    """
+    # float32 whatever the model's dtype: a bf16 rotation is off by millimetres.
+    transform = camera_to_base.float()
+    base = points.float() @ transform[:3, :3].T + transform[:3, 3]
+    offset = base - pose[:, None, :3].float()
+    horizontal = offset[..., :2]
+    parts = [base, offset, horizontal.abs(), horizontal.norm(dim=-1, keepdim=True)]
+    return torch.cat(parts, dim=-1).flatten(1) * GEOMETRY_SCALE
+
+
+def geometry_width(num_pointers: int) -> int:
+    """Length of :func:`geometry_features` for ``num_pointers`` points."""
+    return 9 * num_pointers
 
 
 def group_descriptors(neighbourhoods: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
@@ -72,9 +107,19 @@ class InstructionPointer(nn.Module):
     def __init__(
         self, width: int, num_pointers: int, text_length: int, num_heads: int, vocab_size: int,
         point_features: int = 3, proprio_dim: int = 0,
+        camera_to_base: Optional['list[list[float]]'] = None,
     ) -> None:
         super().__init__()
         self.num_pointers = num_pointers
+        if camera_to_base is not None and proprio_dim < 3:
+            raise ValueError('geometry features (camera_to_base) need the end-effector position '
+                             f'in the pose input, got proprio_dim={proprio_dim}')
+        # Part of the configuration, not a weight: not saved in the state dict.
+        self.register_buffer(
+            'camera_to_base',
+            None if camera_to_base is None else torch.tensor(camera_to_base, dtype=torch.float32),
+            persistent=False,
+        )
         # Its own word embeddings (unit scale, not the decoder's small ones): the pointer learns
         # what colour and shape words mean without pulling on the decoder's inputs.
         self.words = nn.Embedding(vocab_size, width)
@@ -98,7 +143,10 @@ class InstructionPointer(nn.Module):
         # a warm-started policy took thousands of steps to start using them.
         # Zero: a model warm-started from one without pointers computes what it computed.
         self.to_queries = nn.Linear(3 * num_pointers, width)
-        self.to_head = nn.Linear(3 * num_pointers + proprio_dim, width)
+        head_features = 3 * num_pointers + proprio_dim
+        if camera_to_base is not None:
+            head_features += geometry_width(num_pointers)
+        self.to_head = nn.Linear(head_features, width)
         for layer in (self.to_queries, self.to_head):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
@@ -141,10 +189,19 @@ class InstructionPointer(nn.Module):
     def head_input(
         self, output: PointerOutput, proprio: Optional[torch.Tensor] = None
     ) -> torch.Tensor:
-        """What the action head adds to every final action-query state: [B, width]."""
+        """
+        What the action head adds to every final action-query state: [B, width].
+
+        It reads the points and the pose, and with ``camera_to_base`` their
+        :func:`geometry_features` (which need the pose).
+        """
         parts = [output.points.flatten(1)]
         if proprio is not None:
             parts.append(proprio)
+        if self.camera_to_base is not None:
+            if proprio is None:
+                raise ValueError('this pointer reads offsets from the end effector: pass the pose')
+            parts.append(geometry_features(output.points, proprio, self.camera_to_base))
         features = torch.cat(parts, dim=1).to(self.to_head.weight.dtype)
         if features.shape[1] != self.to_head.in_features:
             raise ValueError(f'the pointer head reads {self.to_head.in_features} values '

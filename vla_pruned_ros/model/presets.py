@@ -1,22 +1,25 @@
 """
 Named model shapes.
 
-- ``tiny``: for tests and CI (with the sim preset's pointers, so every pruner is tested with
-  them); a step takes milliseconds on a CPU.
+- ``tiny``: for tests and CI (with the sim preset's pointers and head inputs, so every pruner is
+  tested with them; one hidden head layer, which fits the short test runs faster); a step takes
+  milliseconds on a CPU.
 - ``small``: a SigLIP-base-sized vision tower (224 px, 14 px patches: 256 2D tokens), 256 3D
   tokens and a decoder with Qwen2-0.5B's shape (896 wide, 24 layers, 14 heads, 2 KV heads).
 - ``sim``: the tabletop benchmark's reference policy (trained by ``vla-pruned-ros train``, shipped
   as ``models/default``): 96 px images in 12 px patches (64 2D tokens), 64 coloured point groups
   of 16 (64 3D tokens) from the cloud cropped to the table's workspace with the table plane
-  removed (coloured marks on it, the push zones, stay), a 4-layer 192-wide Qwen2-family decoder
-  and pointers at the named object and zone (:mod:`vla_pruned_ros.model.pointer`); sized to
-  train on a 2-core CPU in about an hour.
+  removed (coloured marks on it, the push zones, stay), a 4-layer 192-wide Qwen2-family decoder,
+  pointers at the named object and zone (:mod:`vla_pruned_ros.model.pointer`) and a two-layer
+  action head that also reads where they are relative to the gripper (through the simulator
+  camera's pose, ``camera_to_base``); sized to train on a 2-core CPU in about an hour.
 - ``mla-7b``: the tri-stage paper's MLA shape: LLaMA-2-7B decoder with 256 2D + 256 3D
   tokens. Random weights, for latency measurements only (use bf16 on a GPU).
 """
 
 from collections.abc import Callable
 
+from vla_pruned_ros.camera import look_at_pose
 from vla_pruned_ros.model.config import DecoderConfig, MVLAConfig
 from vla_pruned_ros.tokens.points_3d import PointTokenizerConfig
 from vla_pruned_ros.tokens.vision_2d import VisionTowerConfig
@@ -25,6 +28,11 @@ from vla_pruned_ros.tokens.vision_2d import VisionTowerConfig
 # metres): without this crop most FPS groups land on the floor beyond the table.
 SIM_WORKSPACE_MIN = (-0.5, -0.6, 0.1)
 SIM_WORKSPACE_MAX = (0.5, 0.6, 0.95)
+# Where the tabletop camera sits and looks (world frame = the frame of the end-effector pose,
+# metres): the simulator's fixed camera (sim.scene.CameraSpec), which the sim preset is trained
+# with. A test checks the two agree.
+SIM_CAMERA_POSITION = (0.0, -0.36, 0.42)
+SIM_CAMERA_TARGET = (0.0, 0.03, 0.0)
 
 
 def _tiny() -> MVLAConfig:
@@ -43,6 +51,7 @@ def _tiny() -> MVLAConfig:
         instruction_tokens=12,
         preset='tiny',
         pointers=['object', 'zone'],
+        camera_to_base=look_at_pose(SIM_CAMERA_POSITION, SIM_CAMERA_TARGET).tolist(),
     )
 
 
@@ -65,6 +74,8 @@ def _sim() -> MVLAConfig:
         instruction_tokens=16,
         preset='sim',
         pointers=['object', 'zone'],
+        camera_to_base=look_at_pose(SIM_CAMERA_POSITION, SIM_CAMERA_TARGET).tolist(),
+        head_hidden=512,
     )
 
 

@@ -17,7 +17,7 @@ from typing import Optional
 
 import numpy as np
 
-from vla_pruned_ros.camera import CameraIntrinsics
+from vla_pruned_ros.camera import CameraIntrinsics, look_at_pose
 
 # Headless rendering needs EGL; respect a value the user chose (glfw, osmesa).
 os.environ.setdefault('MUJOCO_GL', 'egl')
@@ -157,14 +157,12 @@ def _rgba(colour: str) -> str:
 
 def _camera_axes(camera: CameraSpec) -> np.ndarray:
     """Return MuJoCo's camera x (right) and y (up) axes; the camera looks along -z."""
-    forward = np.subtract(camera.target, camera.position).astype(float)
-    forward /= np.linalg.norm(forward)
-    right = np.cross(forward, (0.0, 0.0, 1.0))
-    if np.linalg.norm(right) < 1e-6:
-        raise SceneError('camera looks straight up or down; give it a tilt')
-    right /= np.linalg.norm(right)
-    up = np.cross(right, forward)
-    return np.concatenate([right, up])
+    try:
+        rotation = look_at_pose(camera.position, camera.target)[:3, :3]
+    except ValueError as err:
+        raise SceneError('camera looks straight up or down; give it a tilt') from err
+    # the optical frame's y points down the image, MuJoCo's up
+    return np.concatenate([rotation[:, 0], -rotation[:, 1]])
 
 
 def _object_xml(obj: ObjectSpec) -> str:

@@ -61,6 +61,13 @@ def add_parser(subparsers: 'argparse._SubParsersAction') -> argparse.ArgumentPar
     parser.add_argument('--proprio-drop-prob', type=float, default=0.0,
                         help='share of training frames trained without the end-effector pose '
                              'input (zeroed), so the policy has to use its cameras (0 = off)')
+    parser.add_argument('--stage', choices=('all', 'head'), default='all',
+                        help="'all' trains every weight; 'head' only the action head of the "
+                             '--init-from model, on trunk outputs computed once per frame '
+                             '(minutes on a CPU)')
+    parser.add_argument('--head-views', type=int, default=2,
+                        help='head stage: trunk outputs per frame, the first with every token, '
+                             'the others with random token dropout')
     parser.add_argument('--no-progress', dest='progress', action='store_false')
     return parser
 
@@ -80,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
         ground_weight=args.ground_weight,
         pointer_weight=args.pointer_weight,
         proprio_drop_prob=args.proprio_drop_prob,
+        stage=args.stage, head_views=args.head_views,
     )
     try:
         result = train(config)

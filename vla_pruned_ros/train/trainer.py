@@ -13,6 +13,13 @@ rotary positions, which is what the policy does when a pruner drops tokens befor
 The model thus learns to act from partial views; this helps every pruner alike (the dense policy
 still sees all tokens), and it is documented with the results in ``docs/training.md``.
 
+Stages: ``stage='all'`` trains every weight. ``stage='head'`` trains only the action head
+(:meth:`MultiModalVLA.head_parameters`) of an existing model (``init_from`` or ``resume``):
+the frozen trunk runs once per training frame and view (view 0 with every token, the others
+with the token dropout above) and the head is fitted on those outputs, a few milliseconds a
+step instead of a second. That is how a new head (such as the geometry-reading one) is put on
+a trained policy without retraining it.
+
 Output directory::
 
     model/               the latest checkpoint (a model directory: Policy.from_pretrained)
@@ -50,6 +57,7 @@ MODEL_DIR = 'model'
 MIN_ACTION_STD = 1e-4
 # Unit of the auxiliary localisation targets: offsets of a few decimetres become O(1).
 AUX_SCALE_M = 0.1
+STAGES = ('all', 'head')
 
 
 class TrainError(ValueError):
@@ -114,6 +122,10 @@ class TrainConfig:
     # can read its phase from the pose alone learns to ignore the cameras (a shortcut seen in
     # the shipped model); without the pose half the time it has to look.
     proprio_drop_prob: float = 0.0
+    # 'all' trains every weight; 'head' only the action head, on precomputed trunk outputs of
+    # ``head_views`` views per frame (see the module docstring).
+    stage: str = 'all'
+    head_views: int = 2
 
     def validate(self) -> None:
         """Raise ``TrainError`` for values that cannot train."""
@@ -134,6 +146,17 @@ class TrainConfig:
         if self.val_every < 2:
             raise TrainError(f'val_every must be >= 2 (1 would hold out everything): '
                              f'{self.val_every}')
+        if self.stage not in STAGES:
+            raise TrainError(f'stage must be one of {STAGES}, got {self.stage!r}')
+        if self.stage == 'head':
+            if not (self.init_from or self.resume):
+                raise TrainError('the head stage fits the head of a trained model: pass '
+                                 '--init-from MODEL_DIR (or --resume)')
+            if self.aux_weight or self.ground_weight or self.proprio_drop_prob:
+                raise TrainError('the head stage trains the head alone: the probes and proprio '
+                                 'dropout act on the frozen trunk (set them to 0)')
+            if self.head_views < 1:
+                raise TrainError(f'head_views must be >= 1, got {self.head_views}')
 
 
 @dataclass
@@ -325,6 +348,84 @@ def forward(
     return ForwardResult(prediction, hidden, pointer) if return_states else prediction
 
 
+@dataclass
+class HeadFeatures:
+    """What the head reads, per frame and view: the frozen trunk's outputs (stage 'head')."""
+
+    states: torch.Tensor
+    points: Optional[torch.Tensor]
+    proprio: torch.Tensor
+    targets: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def get(self, rows: torch.Tensor) -> tuple[torch.Tensor, Optional[PointerOutput],
+                                               torch.Tensor, torch.Tensor]:
+        """Action-query states, pointer output, pose and normalised targets of ``rows``."""
+        pointer = None
+        if self.points is not None:
+            points = self.points[rows]
+            pointer = PointerOutput(logits=points.new_zeros(len(rows), points.shape[1], 0),
+                                    points=points)
+        return self.states[rows], pointer, self.proprio[rows], self.targets[rows]
+
+
+@torch.no_grad()
+def head_features(
+    model: MultiModalVLA, batches: '_Batches', views: int, min_keep: float, seed: int,
+    device: torch.device, batch_size: int = 64, progress: bool = False,
+) -> HeadFeatures:
+    """
+    Run the frozen trunk over every frame of ``batches``, ``views`` times.
+
+    View 0 sees every visual token, each further
+    view a random subset of the 2D and 3D tokens (between ``min_keep`` and all, drawn per
+    batch, as training's token dropout), so the head also learns from what a pruner leaves.
+
+    Deterministic for a ``seed`` (a resumed head stage recomputes the same features).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    n_2d, n_3d = model.vision.num_tokens, model.config.points.num_groups
+    horizon = model.config.horizon
+    was_training = model.training
+    model.eval()
+    parts: dict[str, list[torch.Tensor]] = {'states': [], 'points': [], 'proprio': [],
+                                            'targets': []}
+    chunks = [(view, start) for view in range(views) for start in range(0, len(batches),
+                                                                           batch_size)]
+    iterator: Any = chunks
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(chunks, desc='trunk outputs for the head', unit='batch')
+    for view, start in iterator:
+        rows = torch.arange(start, min(start + batch_size, len(batches)))
+        *inputs, targets = batches.get(rows)
+        keep_2d = keep_3d = None
+        if view > 0:
+            count_2d = int(torch.randint(math.ceil(min_keep * n_2d), n_2d + 1, (1,),
+                                         generator=generator))
+            count_3d = int(torch.randint(math.ceil(min_keep * n_3d), n_3d + 1, (1,),
+                                         generator=generator))
+            keep_2d = _random_subset(len(rows), n_2d, count_2d, generator)
+            keep_3d = _random_subset(len(rows), n_3d, count_3d, generator)
+        result = forward(model, *_to(inputs, device), keep_2d=keep_2d, keep_3d=keep_3d,
+                         return_states=True)
+        parts['states'].append(result.states[:, -horizon:].float().cpu())
+        if result.pointer is not None:
+            parts['points'].append(result.pointer.points.float().cpu())
+        parts['proprio'].append(inputs[4])
+        parts['targets'].append(targets)
+    model.train(was_training)
+    return HeadFeatures(
+        states=torch.cat(parts['states']),
+        points=torch.cat(parts['points']) if parts['points'] else None,
+        proprio=torch.cat(parts['proprio']),
+        targets=torch.cat(parts['targets']),
+    )
+
+
 def _learning_rate(config: TrainConfig, step: int) -> float:
     if step < config.warmup:
         return config.lr * (step + 1) / config.warmup
@@ -449,6 +550,10 @@ def train(config: TrainConfig) -> TrainResult:
         model, tokenizer = load_model(str(out / MODEL_DIR))
         state = torch.load(state_path, weights_only=False, map_location='cpu')
         step = int(state['step'])
+        trained_stage = state['config'].get('stage', 'all')
+        if trained_stage != config.stage:
+            raise TrainError(f'this run is a {trained_stage!r} stage: resume it with '
+                             f'--stage {trained_stage}')
     else:
         if state_path.exists() or (out / MODEL_DIR).exists():
             raise TrainError(f'{out} already holds a training run: pass --resume or a new --out')
@@ -494,6 +599,15 @@ def train(config: TrainConfig) -> TrainResult:
     model.train()
     width = model.config.decoder.hidden_size
     parameters = list(model.parameters())
+    head_data: Optional[HeadFeatures] = None
+    if config.stage == 'head':
+        parameters = model.head_parameters()
+        for parameter in model.parameters():
+            parameter.requires_grad_(False)
+        for parameter in parameters:
+            parameter.requires_grad_(True)
+        head_data = head_features(model, train_batches, config.head_views, config.min_keep,
+                                  config.seed, device, progress=config.progress)
     # Training-only heads of the auxiliary losses, kept in the training state for --resume.
     probes: dict[str, nn.Module] = {}
     for key, weight, module, flag in (
@@ -541,47 +655,57 @@ def train(config: TrainConfig) -> TrainResult:
     val_loss: Optional[float] = None
     try:
         while step < config.steps:
-            rows = torch.randint(len(train_batches), (config.batch_size,), generator=batch_rng)
-            *inputs, targets = train_batches.get(rows)
-            inputs[4] = drop_proprio(inputs[4], config.proprio_drop_prob, drop_rng)
-            *inputs, targets = _to([*inputs, targets], device)
-            keep_2d = keep_3d = None
-            if drop_rng.random() < config.token_drop_prob:
-                count_2d = int(drop_rng.integers(math.ceil(config.min_keep * n_2d), n_2d + 1))
-                count_3d = int(drop_rng.integers(math.ceil(config.min_keep * n_3d), n_3d + 1))
-                keep_2d = _random_subset(len(rows), n_2d, count_2d, batch_rng)
-                keep_3d = _random_subset(len(rows), n_3d, count_3d, batch_rng)
             lr = _learning_rate(config, step)
             for group in optimizer.param_groups:
                 group['lr'] = lr
-            result = forward(model, *inputs, keep_2d=keep_2d, keep_3d=keep_3d,
-                             return_states=True)
-            states = result.states
-            loss = (result.prediction - targets).abs().mean()
-            total = loss
-            query_states = states[:, -model.config.horizon:]
-            if result.pointer is not None and config.pointer_weight > 0:
-                pointing = _pointer_losses(result.pointer, model.config.pointers,
-                                           train_batches, rows, keep_3d)
-                total = total + config.pointer_weight * sum(pointing.values())
-                for name, value in pointing.items():
-                    running_pointer.setdefault(name, []).append(value.item())
-            if 'aux_probe' in probes:
-                labels = train_batches.aux_labels(rows).to(device)
-                localisation = aux_loss(probes['aux_probe'], query_states, labels)
-                total = total + config.aux_weight * localisation
-                running_aux.append(localisation.item())
-            if 'ground_probe' in probes:
-                kept_2d = n_2d if keep_2d is None else keep_2d.shape[1]
-                kept_3d = n_3d if keep_3d is None else keep_3d.shape[1]
-                group_labels = train_batches.group_labels(rows)
-                if keep_3d is not None:
-                    group_labels = torch.gather(group_labels, 1, keep_3d)
-                grounding = grounding_loss(probes['ground_probe'], query_states,
-                                           states[:, kept_2d:kept_2d + kept_3d],
-                                           group_labels.to(device))
-                total = total + config.ground_weight * grounding
-                running_ground.append(grounding.item())
+            if head_data is not None:
+                rows = torch.randint(len(head_data), (config.batch_size,), generator=batch_rng)
+                states, pointer, proprio, targets = head_data.get(rows)
+                if pointer is not None:
+                    pointer.points = pointer.points.to(device)
+                prediction = model.head(states.to(device), pointer, proprio.to(device))
+                loss = (prediction - targets.to(device)).abs().mean()
+                total = loss
+            else:
+                rows = torch.randint(len(train_batches), (config.batch_size,), generator=batch_rng)
+                *inputs, targets = train_batches.get(rows)
+                inputs[4] = drop_proprio(inputs[4], config.proprio_drop_prob, drop_rng)
+                *inputs, targets = _to([*inputs, targets], device)
+                keep_2d = keep_3d = None
+                if drop_rng.random() < config.token_drop_prob:
+                    low_2d, low_3d = (math.ceil(config.min_keep * n) for n in (n_2d, n_3d))
+                    count_2d = int(drop_rng.integers(low_2d, n_2d + 1))
+                    count_3d = int(drop_rng.integers(low_3d, n_3d + 1))
+                    keep_2d = _random_subset(len(rows), n_2d, count_2d, batch_rng)
+                    keep_3d = _random_subset(len(rows), n_3d, count_3d, batch_rng)
+                result = forward(model, *inputs, keep_2d=keep_2d, keep_3d=keep_3d,
+                                 return_states=True)
+                states = result.states
+                loss = (result.prediction - targets).abs().mean()
+                total = loss
+                query_states = states[:, -model.config.horizon:]
+                if result.pointer is not None and config.pointer_weight > 0:
+                    pointing = _pointer_losses(result.pointer, model.config.pointers,
+                                               train_batches, rows, keep_3d)
+                    total = total + config.pointer_weight * sum(pointing.values())
+                    for name, value in pointing.items():
+                        running_pointer.setdefault(name, []).append(value.item())
+                if 'aux_probe' in probes:
+                    labels = train_batches.aux_labels(rows).to(device)
+                    localisation = aux_loss(probes['aux_probe'], query_states, labels)
+                    total = total + config.aux_weight * localisation
+                    running_aux.append(localisation.item())
+                if 'ground_probe' in probes:
+                    kept_2d = n_2d if keep_2d is None else keep_2d.shape[1]
+                    kept_3d = n_3d if keep_3d is None else keep_3d.shape[1]
+                    group_labels = train_batches.group_labels(rows)
+                    if keep_3d is not None:
+                        group_labels = torch.gather(group_labels, 1, keep_3d)
+                    grounding = grounding_loss(probes['ground_probe'], query_states,
+                                               states[:, kept_2d:kept_2d + kept_3d],
+                                               group_labels.to(device))
+                    total = total + config.ground_weight * grounding
+                    running_ground.append(grounding.item())
             optimizer.zero_grad(set_to_none=True)
             total.backward()
             torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip)
