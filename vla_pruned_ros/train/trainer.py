@@ -28,6 +28,7 @@ Output directory::
     cache/               precomputed per-bag inputs (safe to delete)
 """
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 import json
 import math
@@ -286,6 +287,22 @@ def _random_subset(batch: int, total: int, keep: int, generator: torch.Generator
     return order.sort(dim=1).values
 
 
+def drop_tokens(
+    batch: int, n_2d: int, n_3d: int, min_keep: float, draw_count: Callable[[int, int], int],
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    Token dropout: sorted kept 2D and 3D indices [batch, count] for one batch.
+
+    Each count is ``draw_count(low, high)`` in [ceil(min_keep * n), n] (one per batch), the
+    subsets are drawn per row with ``generator``.
+    """
+    count_2d = draw_count(math.ceil(min_keep * n_2d), n_2d + 1)
+    count_3d = draw_count(math.ceil(min_keep * n_3d), n_3d + 1)
+    return (_random_subset(batch, n_2d, count_2d, generator),
+            _random_subset(batch, n_3d, count_3d, generator))
+
+
 @dataclass
 class ForwardResult:
     """What :func:`forward` returns with ``return_states``."""
@@ -360,15 +377,17 @@ class HeadFeatures:
     def __len__(self) -> int:
         return len(self.targets)
 
-    def get(self, rows: torch.Tensor) -> tuple[torch.Tensor, Optional[PointerOutput],
-                                               torch.Tensor, torch.Tensor]:
+    def get(self, rows: torch.Tensor, device: torch.device) -> tuple[
+            torch.Tensor, Optional[PointerOutput], torch.Tensor, torch.Tensor]:
         """Action-query states, pointer output, pose and normalised targets of ``rows``."""
         pointer = None
         if self.points is not None:
-            points = self.points[rows]
+            points = self.points[rows].to(device)
             pointer = PointerOutput(logits=points.new_zeros(len(rows), points.shape[1], 0),
                                     points=points)
-        return self.states[rows], pointer, self.proprio[rows], self.targets[rows]
+        states, proprio, targets = _to([self.states[rows], self.proprio[rows],
+                                        self.targets[rows]], device)
+        return states, pointer, proprio, targets
 
 
 @torch.no_grad()
@@ -386,6 +405,10 @@ def head_features(
     Deterministic for a ``seed`` (a resumed head stage recomputes the same features).
     """
     generator = torch.Generator().manual_seed(seed)
+
+    def draw(low: int, high: int) -> int:
+        return int(torch.randint(low, high, (1,), generator=generator))
+
     n_2d, n_3d = model.vision.num_tokens, model.config.points.num_groups
     horizon = model.config.horizon
     was_training = model.training
@@ -404,12 +427,7 @@ def head_features(
         *inputs, targets = batches.get(rows)
         keep_2d = keep_3d = None
         if view > 0:
-            count_2d = int(torch.randint(math.ceil(min_keep * n_2d), n_2d + 1, (1,),
-                                         generator=generator))
-            count_3d = int(torch.randint(math.ceil(min_keep * n_3d), n_3d + 1, (1,),
-                                         generator=generator))
-            keep_2d = _random_subset(len(rows), n_2d, count_2d, generator)
-            keep_3d = _random_subset(len(rows), n_3d, count_3d, generator)
+            keep_2d, keep_3d = drop_tokens(len(rows), n_2d, n_3d, min_keep, draw, generator)
         result = forward(model, *_to(inputs, device), keep_2d=keep_2d, keep_3d=keep_3d,
                          return_states=True)
         parts['states'].append(result.states[:, -horizon:].float().cpu())
@@ -660,11 +678,8 @@ def train(config: TrainConfig) -> TrainResult:
                 group['lr'] = lr
             if head_data is not None:
                 rows = torch.randint(len(head_data), (config.batch_size,), generator=batch_rng)
-                states, pointer, proprio, targets = head_data.get(rows)
-                if pointer is not None:
-                    pointer.points = pointer.points.to(device)
-                prediction = model.head(states.to(device), pointer, proprio.to(device))
-                loss = (prediction - targets.to(device)).abs().mean()
+                states, pointer, proprio, targets = head_data.get(rows, device)
+                loss = (model.head(states, pointer, proprio) - targets).abs().mean()
                 total = loss
             else:
                 rows = torch.randint(len(train_batches), (config.batch_size,), generator=batch_rng)
@@ -673,11 +688,9 @@ def train(config: TrainConfig) -> TrainResult:
                 *inputs, targets = _to([*inputs, targets], device)
                 keep_2d = keep_3d = None
                 if drop_rng.random() < config.token_drop_prob:
-                    low_2d, low_3d = (math.ceil(config.min_keep * n) for n in (n_2d, n_3d))
-                    count_2d = int(drop_rng.integers(low_2d, n_2d + 1))
-                    count_3d = int(drop_rng.integers(low_3d, n_3d + 1))
-                    keep_2d = _random_subset(len(rows), n_2d, count_2d, batch_rng)
-                    keep_3d = _random_subset(len(rows), n_3d, count_3d, batch_rng)
+                    keep_2d, keep_3d = drop_tokens(
+                        len(rows), n_2d, n_3d, config.min_keep,
+                        lambda low, high: int(drop_rng.integers(low, high)), batch_rng)
                 result = forward(model, *inputs, keep_2d=keep_2d, keep_3d=keep_3d,
                                  return_states=True)
                 states = result.states
