@@ -76,10 +76,11 @@ def test_pointer_flops_match_torch_flop_counter(policy):
     assert flops.pointers(5) < flops.pointers(32)  # pruned groups are not scored
 
 
-@pytest.mark.parametrize('hidden', [0, 32])
-def test_action_head_flops_match_torch_flop_counter(hidden):
+@pytest.mark.parametrize('hidden, line', [(0, False), (32, False), (32, True)])
+def test_action_head_flops_match_torch_flop_counter(hidden, line):
     config = preset_config('tiny')
     config.head_hidden = hidden
+    config.line_features = line
     model = MultiModalVLA(config)
     assert model.config.camera_to_base is not None
     flops = FlopsModel.from_model(model)

@@ -12,9 +12,13 @@ from vla_pruned_ros.model.kv_reuse import KVReuse
 from vla_pruned_ros.model.mvla import MultiModalVLA
 from vla_pruned_ros.model.pointer import (
     GEOMETRY_SCALE,
+    LINE_BACKOFF,
+    LINE_WIDTH,
     InstructionPointer,
     PointerOutput,
     geometry_features,
+    geometry_width,
+    line_features,
     pointer_loss,
 )
 from vla_pruned_ros.model.presets import preset_config
@@ -184,6 +188,57 @@ def test_geometry_features_are_the_points_seen_from_the_end_effector():
     assert half.dtype == torch.float32
 
 
+def _yaw_pose(x: float, y: float, yaw: float) -> list[float]:
+    return [x, y, 0.05, 0.0, 0.0, math.sin(yaw / 2), math.cos(yaw / 2)]
+
+
+def test_line_features_are_the_push_line_seen_from_the_gripper():
+    # camera 1 m above the origin looking down: camera (x, y, z) -> base (x, -y, 1 - z)
+    camera_to_base = torch.tensor([[1.0, 0, 0, 0], [0, -1, 0, 0], [0, 0, -1, 1], [0, 0, 0, 1]])
+    # object at base (0.1, 0.0), zone at base (0.1, 0.2): the push goes along +y
+    points = torch.tensor([[[0.1, 0.0, 0.98], [0.1, -0.2, 1.0]]] * 2)
+    # the gripper 10 cm before the object, 2 cm to the side; pads across (yaw 0) or along +y
+    pose = torch.tensor([_yaw_pose(0.12, -0.1, 0.0), _yaw_pose(0.12, -0.1, math.pi / 2)])
+    features = line_features(points, pose, camera_to_base)
+    assert features.shape == (2, LINE_WIDTH)
+    torch.testing.assert_close(features[:, :2], torch.tensor([[0.0, 1.0]] * 2))
+    lengths = features[:, 2:7] / GEOMETRY_SCALE
+    # length 0.2; 0.1 before the object along the line, 0.02 to its right (across = -x)
+    torch.testing.assert_close(lengths[0, :3], torch.tensor([0.2, -0.1, -0.02]))
+    # the start point behind the object, relative to the gripper
+    torch.testing.assert_close(lengths[0, 3:], torch.tensor([-0.02, 0.1 - LINE_BACKOFF]))
+    # twice the angle between line and gripper: pads facing the push (closing axis = gripper
+    # y along the line, yaw 0) read (0, -1); a quarter turn off reads (0, 1)
+    torch.testing.assert_close(features[:, 7:], torch.tensor([[0.0, -1.0], [0.0, 1.0]]),
+                               atol=1e-6, rtol=0)
+    # a half turn of the gripper is the same grasp
+    flipped = line_features(points, torch.tensor([_yaw_pose(0.12, -0.1, math.pi)] * 2),
+                            camera_to_base)
+    torch.testing.assert_close(flipped[:, 7:], features[:1, 7:].expand(2, -1), atol=1e-6, rtol=0)
+
+
+def test_the_line_features_widen_the_head_input_and_reach_the_actions():
+    config = preset_config('tiny')
+    config.line_features = True
+    torch.manual_seed(0)
+    model = MultiModalVLA(config).eval()
+    pointers = len(config.pointers)
+    assert model.pointer.to_head.in_features == (
+        3 * pointers + config.proprio_dim + geometry_width(pointers) + LINE_WIDTH)
+    # only the line features' columns are non-zero: what reaches the actions is the line
+    with torch.no_grad():
+        model.pointer.to_head.weight[:, -LINE_WIDTH:].normal_(std=0.1)
+    states = torch.zeros(1, config.horizon, model.width)
+    pose = torch.tensor([_yaw_pose(0.0, -0.1, 0.0)])
+
+    def head(zone: list[float]) -> torch.Tensor:
+        points = torch.tensor([[[0.0, 0.0, 0.5], zone]])
+        with torch.no_grad():
+            return model.head(states, PointerOutput(torch.zeros(1, 2, 0), points), pose)
+
+    assert not torch.allclose(head([0.1, 0.0, 0.5]), head([0.0, 0.1, 0.5]))
+
+
 def test_the_head_reads_where_the_pointed_thing_is_relative_to_the_gripper():
     config = preset_config('tiny')
     config.head_hidden = 32  # as the sim preset: two hidden layers
@@ -216,6 +271,10 @@ def test_the_head_reads_where_the_pointed_thing_is_relative_to_the_gripper():
     ({'camera_to_base': [[1.0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]],
       'proprio_dim': 0}, 'proprio_dim'),
     ({'head_hidden': -1}, 'head_hidden'),
+    ({'line_features': True}, 'line_features'),
+    ({'line_features': True, 'pointers': ['object', 'zone'], 'proprio_dim': 3,
+      'camera_to_base': [[1.0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]},
+     'line_features'),
 ])
 def test_head_geometry_settings_are_checked(overrides, message):
     settings = {'pointers': ['object']}

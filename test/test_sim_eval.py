@@ -115,6 +115,38 @@ def test_eval_command_accepts_every_registered_pruner(policy, tmp_path, capsys):
     assert code == 2
 
 
+def test_pointer_errors_reports_how_far_the_first_frame_points_are(policy, tmp_path):
+    """tools/pointer_errors.py: per scene the object and zone pointers' distance to the truth."""
+    from pathlib import Path
+    import subprocess
+    import sys
+
+    save_model(policy.model, policy.tokenizer, str(tmp_path / 'model'))
+    script = Path(__file__).resolve().parents[1] / 'tools' / 'pointer_errors.py'
+    out = tmp_path / 'errors.json'
+    result = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / 'model'), '--families', 'push', 'reach',
+         '--episodes', '2', '--first-seed', '3', '--split', 'train', '--tolerance', '0.05',
+         '--out', str(out)], check=True, capture_output=True, text=True, timeout=300)
+    report = json.loads(out.read_text())
+    push = report['families']['push']
+    assert [r['seed'] for r in push['records']] == [3, 4]
+    for record in push['records']:
+        assert record['object_error_m'] >= 0 and record['zone_error_m'] >= 0
+        assert 'zone' in record['instruction']
+    assert 'zone_error_m' not in report['families']['reach']['records'][0]  # no zone named
+    misses = sum(r['object_error_m'] > 0.05 for r in push['records'])
+    assert push['summary']['object_misses'] == misses
+    assert f'in {misses} of 2 scenes' in result.stdout
+    # re-worded with a family template: the same scenes, the template's words
+    subprocess.run(
+        [sys.executable, str(script), str(tmp_path / 'model'), '--families', 'push',
+         '--episodes', '1', '--first-seed', '3', '--split', 'train', '--template', '0',
+         '--out', str(out)], check=True, capture_output=True, text=True, timeout=300)
+    record = json.loads(out.read_text())['families']['push']['records'][0]
+    assert record['instruction'].startswith('push the ')
+
+
 def test_rollout_trace_prints_where_the_pointers_point(policy, tmp_path):
     """tools/rollout_trace.py: one line per policy step with the pointers' world points."""
     from pathlib import Path

@@ -297,6 +297,34 @@ def test_head_stage_fits_only_the_head_of_a_trained_model_and_resumes(bag, tmp_p
         train(_config(bag, tmp_path / 'resumed', steps=40, resume=True))
 
 
+def test_pointer_stage_trains_only_where_the_pointers_point(bag, tmp_path):
+    # the sim preset: its groups lie on the objects, so its pointers have labels
+    first = train(_config(bag, tmp_path / 'first', preset='sim', steps=1))
+    before = load_file(first.model_dir / 'model.safetensors')
+    settings = {'steps': 40, 'batch_size': 16, 'lr': 3e-3, 'stage': 'pointer', 'preset': 'sim',
+                'checkpoint_every': 20, 'init_from': str(first.model_dir), 'val_every': 2}
+    pointer = train(_config(bag, tmp_path / 'pointer', **settings))
+    after = load_file(pointer.model_dir / 'model.safetensors')
+    trained = {name for name in after if name.startswith('pointer.')
+               and not name.startswith(('pointer.to_queries.', 'pointer.to_head.'))}
+    assert trained and all(not torch.equal(before[n], after[n]) for n in trained
+                           if n.startswith('pointer.score'))
+    for name in after.keys() - trained:  # the trunk, the head and the maps of the points
+        torch.testing.assert_close(after[name], before[name], rtol=0, atol=0)
+    log = [json.loads(line)
+           for line in (tmp_path / 'pointer' / 'log.jsonl').read_text().splitlines()]
+    losses = [record['train_loss'] for record in log if 'train_loss' in record]
+    assert np.mean(losses[-5:]) < np.mean(losses[:5])
+    # per-pointer losses are logged; validation is the pointer loss
+    assert 'pointer_object_loss' in log[-1]
+    validation = [record['val_loss'] for record in log if 'val_loss' in record]
+    assert len(validation) == 2 and all(np.isfinite(validation))
+    with pytest.raises(TrainError, match='pointer_weight'):
+        train(_config(bag, tmp_path / 'x', stage='pointer', init_from='m', pointer_weight=0.0))
+    with pytest.raises(TrainError, match='pointer alone'):
+        train(_config(bag, tmp_path / 'x', stage='pointer', init_from='m', ground_weight=1.0))
+
+
 @pytest.mark.parametrize('overrides, message', [
     ({}, '--init-from'),
     ({'init_from': 'm', 'aux_weight': 1.0}, 'head alone'),

@@ -73,7 +73,9 @@ class MVLAConfig:
     frame and their offsets from the end effector (``pointer.geometry_features``). The model is
     tied to its camera placement in any case (it learns from camera-frame clouds); this states
     it. ``head_hidden`` = 0 is the original head (one hidden layer of the decoder's width), > 0
-    two hidden layers of that width.
+    two hidden layers of that width. ``line_features`` also feeds the head the line from the
+    first pointer's point to the second's (the push line, ``pointer.line_features``); it needs
+    ``camera_to_base``, two pointers and the full pose (``proprio_dim`` 7).
     """
 
     vision: VisionTowerConfig = field(default_factory=VisionTowerConfig)
@@ -92,6 +94,7 @@ class MVLAConfig:
     pointers: list[str] = field(default_factory=list)
     camera_to_base: Optional[list[list[float]]] = None
     head_hidden: int = 0
+    line_features: bool = False
 
     def __post_init__(self) -> None:
         self.pointers = list(self.pointers)
@@ -103,6 +106,11 @@ class MVLAConfig:
                 raise ValueError('camera_to_base gives the head where the pointed things are '
                                  'relative to the end effector: it needs pointers and '
                                  'proprio_dim >= 3')
+        if self.line_features and (self.camera_to_base is None or len(self.pointers) < 2
+                                   or self.proprio_dim < 7):
+            raise ValueError('line_features reads the line between the first two pointers '
+                             'relative to the end-effector pose: it needs camera_to_base, two '
+                             'pointers and proprio_dim 7')
         unknown = [name for name in self.pointers if name not in POINTER_TARGETS]
         if unknown or len(set(self.pointers)) != len(self.pointers):
             raise ValueError(f'pointers must be distinct names from {POINTER_TARGETS}, got '

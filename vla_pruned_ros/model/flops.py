@@ -132,6 +132,8 @@ class FlopsModel:
     head_features: int = 0
     # Points the head maps into the end-effector pose's frame (0 without camera_to_base).
     geometry_points: int = 0
+    # Points the head's line features map into that frame (0 without line_features).
+    line_points: int = 0
 
     @classmethod
     def from_model(cls, model) -> 'FlopsModel':
@@ -173,6 +175,7 @@ class FlopsModel:
             geometry_points=(len(model.config.pointers)
                              if model.pointer is not None and model.config.camera_to_base
                              else 0),
+            line_points=2 if model.config.line_features else 0,
         )
 
     def vision_tower(self, n_patches: int) -> float:
@@ -210,7 +213,7 @@ class FlopsModel:
             layers = linear_flops(1, w, w) + linear_flops(1, w, self.action_dim)
         extra = linear_flops(1, self.head_features, w) if self.head_features else 0.0
         # the pointed positions rotated into the end-effector pose's frame
-        extra += linear_flops(self.geometry_points, 3, 3)
+        extra += linear_flops(self.geometry_points, 3, 3) + linear_flops(self.line_points, 3, 3)
         return self.horizon * layers + extra
 
     def step(

@@ -101,6 +101,7 @@ class MultiModalVLA(nn.Module):
                 width, len(config.pointers), config.instruction_tokens,
                 self.decoder.config.num_attention_heads, config.vocab_size,
                 config.points.point_features, config.proprio_dim, config.camera_to_base,
+                config.line_features,
             )
         self.register_buffer('action_mean', torch.tensor(config.action_mean, dtype=torch.float32))
         self.register_buffer('action_std', torch.tensor(config.action_std, dtype=torch.float32))
@@ -196,6 +197,19 @@ class MultiModalVLA(nn.Module):
         if self.pointer is not None:
             parameters += list(self.pointer.to_head.parameters())
         return parameters
+
+    def pointer_parameters(self) -> list[nn.Parameter]:
+        """
+        The weights that decide where the pointers point (what a pointer-only stage trains).
+
+        Not the pointer's maps of the points into the action queries and the head: those are
+        trained by the actions.
+        """
+        if self.pointer is None:
+            return []
+        feeds = {id(p) for layer in (self.pointer.to_queries, self.pointer.to_head)
+                 for p in layer.parameters()}
+        return [p for p in self.pointer.parameters() if id(p) not in feeds]
 
     def denormalize(self, actions: torch.Tensor) -> torch.Tensor:
         """Map normalised head outputs back to physical action units."""

@@ -86,6 +86,52 @@ def geometry_width(num_pointers: int) -> int:
     return 9 * num_pointers
 
 
+# How far behind the first point (away from the second) the push-start point of
+# :func:`line_features` lies: a push target's half-size plus the closed fingers (m).
+LINE_BACKOFF = 0.05
+LINE_WIDTH = 9
+
+
+def _yaw(pose: torch.Tensor) -> torch.Tensor:
+    """Rotation about z of ``pose`` [B, 7] (x y z qx qy qz qw), in radians."""
+    qx, qy, qz, qw = pose[:, 3], pose[:, 4], pose[:, 5], pose[:, 6]
+    return torch.atan2(2 * (qw * qz + qx * qy), 1 - 2 * (qy * qy + qz * qz))
+
+
+def line_features(
+    points: torch.Tensor, pose: torch.Tensor, camera_to_base: torch.Tensor
+) -> torch.Tensor:
+    """
+    The line from the first pointed position to the second, seen from the end effector: [B, 9].
+
+    For a push, the object (first point) has to move along this line to the zone (second). A
+    scripted pusher decides from exactly these values (``sim.expert.PushExpert``): where to
+    start (behind the object, on the line), whether it is on the line, how to turn its pads.
+    From the two points alone the head would have to learn a normalisation and an angle, which
+    a small MLP fitted by behaviour cloning does poorly (docs/training.md). Per row, in the frame
+    of ``pose`` [B, 7] (x y z qx qy qz qw), horizontal only: the unit direction (2), the length
+    (1), the end effector's position along and across the line from the first point (2), the
+    offset from the end effector to the point :data:`LINE_BACKOFF` behind the first point (2),
+    and sin / cos of twice the angle between the line and the gripper's yaw (2; twice because a
+    parallel-jaw gripper is symmetric under a half turn). Lengths x :data:`GEOMETRY_SCALE`.
+    """
+    transform = camera_to_base.float()
+    base = points[:, :2].float() @ transform[:3, :3].T + transform[:3, 3]
+    pose = pose.float()
+    start, end = base[:, 0, :2], base[:, 1, :2]
+    length = (end - start).norm(dim=-1, keepdim=True)
+    direction = (end - start) / length.clamp_min(1e-3)
+    across = torch.stack([-direction[:, 1], direction[:, 0]], dim=-1)
+    relative = pose[:, :2] - start
+    along = (relative * direction).sum(-1, keepdim=True)
+    lateral = (relative * across).sum(-1, keepdim=True)
+    behind = start - direction * LINE_BACKOFF - pose[:, :2]
+    angle = 2 * (torch.atan2(direction[:, 1], direction[:, 0]) - _yaw(pose))
+    lengths = torch.cat([length, along, lateral, behind], dim=-1) * GEOMETRY_SCALE
+    turn = torch.stack([angle.sin(), angle.cos()], dim=-1)
+    return torch.cat([direction, lengths, turn], dim=-1)
+
+
 def group_descriptors(neighbourhoods: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
     """
     What tells named things apart, per group [..., G, 6 or 9]: centre, extent, mean colour.
@@ -107,13 +153,18 @@ class InstructionPointer(nn.Module):
     def __init__(
         self, width: int, num_pointers: int, text_length: int, num_heads: int, vocab_size: int,
         point_features: int = 3, proprio_dim: int = 0,
-        camera_to_base: Optional['list[list[float]]'] = None,
+        camera_to_base: Optional['list[list[float]]'] = None, line: bool = False,
     ) -> None:
         super().__init__()
         self.num_pointers = num_pointers
         if camera_to_base is not None and proprio_dim < 3:
             raise ValueError('geometry features (camera_to_base) need the end-effector position '
                              f'in the pose input, got proprio_dim={proprio_dim}')
+        if line and (camera_to_base is None or proprio_dim < 7 or num_pointers < 2):
+            raise ValueError('line features need camera_to_base, two pointers and the full pose '
+                             f'(proprio_dim >= 7), got {num_pointers} pointers, '
+                             f'proprio_dim={proprio_dim}')
+        self.line = line
         # Part of the configuration, not a weight: not saved in the state dict.
         self.register_buffer(
             'camera_to_base',
@@ -146,6 +197,8 @@ class InstructionPointer(nn.Module):
         head_features = 3 * num_pointers + proprio_dim
         if camera_to_base is not None:
             head_features += geometry_width(num_pointers)
+        if line:
+            head_features += LINE_WIDTH
         self.to_head = nn.Linear(head_features, width)
         for layer in (self.to_queries, self.to_head):
             nn.init.zeros_(layer.weight)
@@ -193,7 +246,8 @@ class InstructionPointer(nn.Module):
         What the action head adds to every final action-query state: [B, width].
 
         It reads the points and the pose, and with ``camera_to_base`` their
-        :func:`geometry_features` (which need the pose).
+        :func:`geometry_features` (which need the pose), then with ``line`` the
+        :func:`line_features` of the first two points.
         """
         parts = [output.points.flatten(1)]
         if proprio is not None:
@@ -202,6 +256,8 @@ class InstructionPointer(nn.Module):
             if proprio is None:
                 raise ValueError('this pointer reads offsets from the end effector: pass the pose')
             parts.append(geometry_features(output.points, proprio, self.camera_to_base))
+        if self.line:
+            parts.append(line_features(output.points, proprio, self.camera_to_base))
         features = torch.cat(parts, dim=1).to(self.to_head.weight.dtype)
         if features.shape[1] != self.to_head.in_features:
             raise ValueError(f'the pointer head reads {self.to_head.in_features} values '

@@ -76,6 +76,7 @@ def _sim() -> MVLAConfig:
         pointers=['object', 'zone'],
         camera_to_base=look_at_pose(SIM_CAMERA_POSITION, SIM_CAMERA_TARGET).tolist(),
         head_hidden=512,
+        line_features=True,
     )
 
 

@@ -61,10 +61,11 @@ def add_parser(subparsers: 'argparse._SubParsersAction') -> argparse.ArgumentPar
     parser.add_argument('--proprio-drop-prob', type=float, default=0.0,
                         help='share of training frames trained without the end-effector pose '
                              'input (zeroed), so the policy has to use its cameras (0 = off)')
-    parser.add_argument('--stage', choices=('all', 'head'), default='all',
+    parser.add_argument('--stage', choices=('all', 'head', 'pointer'), default='all',
                         help="'all' trains every weight; 'head' only the action head of the "
                              '--init-from model, on trunk outputs computed once per frame '
-                             '(minutes on a CPU)')
+                             "(minutes on a CPU); 'pointer' only its pointers, on the pointer "
+                             'loss')
     parser.add_argument('--head-views', type=int, default=2,
                         help='head stage: trunk outputs per frame, the first with every token, '
                              'the others with random token dropout')

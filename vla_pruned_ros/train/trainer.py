@@ -18,7 +18,11 @@ Stages: ``stage='all'`` trains every weight. ``stage='head'`` trains only the ac
 the frozen trunk runs once per training frame and view (view 0 with every token, the others
 with the token dropout above) and the head is fitted on those outputs, a few milliseconds a
 step instead of a second. That is how a new head (such as the geometry-reading one) is put on
-a trained policy without retraining it.
+a trained policy without retraining it. ``stage='pointer'`` trains only the weights that decide
+where the pointers point (:meth:`MultiModalVLA.pointer_parameters`) on the pointer loss, from
+the cached 3D groups and the instruction alone (no image, no decoder; the 3D token dropout
+above applies), a few milliseconds a step; validation is then the pointer loss. A new pointer
+changes the points the trunk and head read: follow it with a head stage.
 
 Output directory::
 
@@ -58,7 +62,7 @@ MODEL_DIR = 'model'
 MIN_ACTION_STD = 1e-4
 # Unit of the auxiliary localisation targets: offsets of a few decimetres become O(1).
 AUX_SCALE_M = 0.1
-STAGES = ('all', 'head')
+STAGES = ('all', 'head', 'pointer')
 
 
 class TrainError(ValueError):
@@ -124,7 +128,8 @@ class TrainConfig:
     # the shipped model); without the pose half the time it has to look.
     proprio_drop_prob: float = 0.0
     # 'all' trains every weight; 'head' only the action head, on precomputed trunk outputs of
-    # ``head_views`` views per frame (see the module docstring).
+    # ``head_views`` views per frame; 'pointer' only the pointers, on the pointer loss (see the
+    # module docstring).
     stage: str = 'all'
     head_views: int = 2
 
@@ -149,15 +154,19 @@ class TrainConfig:
                              f'{self.val_every}')
         if self.stage not in STAGES:
             raise TrainError(f'stage must be one of {STAGES}, got {self.stage!r}')
-        if self.stage == 'head':
+        if self.stage != 'all':
             if not (self.init_from or self.resume):
-                raise TrainError('the head stage fits the head of a trained model: pass '
+                raise TrainError(f'the {self.stage} stage trains part of a trained model: pass '
                                  '--init-from MODEL_DIR (or --resume)')
             if self.aux_weight or self.ground_weight or self.proprio_drop_prob:
-                raise TrainError('the head stage trains the head alone: the probes and proprio '
-                                 'dropout act on the frozen trunk (set them to 0)')
-            if self.head_views < 1:
-                raise TrainError(f'head_views must be >= 1, got {self.head_views}')
+                raise TrainError(f'the {self.stage} stage trains the {self.stage} alone: the '
+                                 'probes and proprio dropout act on the frozen trunk (set them '
+                                 'to 0)')
+        if self.stage == 'pointer' and not self.pointer_weight > 0:
+            raise TrainError('the pointer stage trains on the pointer loss: pointer_weight must '
+                             'be > 0')
+        if self.stage == 'head' and self.head_views < 1:
+            raise TrainError(f'head_views must be >= 1, got {self.head_views}')
 
 
 @dataclass
@@ -194,6 +203,16 @@ class _Batches:
         """Inputs and targets of ``rows``, in host memory."""
         return (self.pixel_values[rows].float(), self.neighbourhoods[rows], self.centres[rows],
                 self.input_ids[rows], self.proprio[rows], self.targets[rows])
+
+    def pointer_inputs(
+        self, rows: torch.Tensor, keep_3d: Optional[torch.Tensor] = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Instruction ids, group centres and neighbourhoods of ``rows`` (kept groups only)."""
+        centres, neighbourhoods = self.centres[rows], self.neighbourhoods[rows]
+        if keep_3d is not None:
+            index = torch.arange(len(rows))[:, None]
+            centres, neighbourhoods = centres[index, keep_3d], neighbourhoods[index, keep_3d]
+        return self.input_ids[rows], centres, neighbourhoods
 
     def aux_labels(self, rows: torch.Tensor) -> torch.Tensor:
         """Target offsets [B, 2] in AUX_SCALE_M units (NaN where unknown)."""
@@ -470,6 +489,23 @@ def _to(tensors: 'list[torch.Tensor] | tuple[torch.Tensor, ...]',
 
 
 @torch.no_grad()
+@torch.no_grad()
+def validation_pointer_loss(
+    model: MultiModalVLA, batches: _Batches, batch_size: int = 256
+) -> float:
+    """Sum over the pointers of the mean pointer loss over ``batches``, every group given."""
+    device = next(model.parameters()).device
+    totals = {name: [] for name in model.config.pointers}
+    for start in range(0, len(batches), batch_size):
+        rows = torch.arange(start, min(start + batch_size, len(batches)))
+        pointer = model.point(*_to(batches.pointer_inputs(rows), device))
+        for name, value in _pointer_losses(pointer, model.config.pointers, batches, rows,
+                                           None).items():
+            totals[name].append((float(value), len(rows)))
+    return sum(sum(v * n for v, n in values) / sum(n for _, n in values)
+               for values in totals.values() if values)
+
+
 def validation_loss(model: MultiModalVLA, batches: _Batches, batch_size: int = 64) -> float:
     """Mean L1 loss of normalised chunks over ``batches`` with every visual token."""
     was_training = model.training
@@ -626,6 +662,14 @@ def train(config: TrainConfig) -> TrainResult:
             parameter.requires_grad_(True)
         head_data = head_features(model, train_batches, config.head_views, config.min_keep,
                                   config.seed, device, progress=config.progress)
+    elif config.stage == 'pointer':
+        if model.pointer is None:
+            raise TrainError(f'preset {config.preset!r} has no pointers to train')
+        parameters = model.pointer_parameters()
+        for parameter in model.parameters():
+            parameter.requires_grad_(False)
+        for parameter in parameters:
+            parameter.requires_grad_(True)
     # Training-only heads of the auxiliary losses, kept in the training state for --resume.
     probes: dict[str, nn.Module] = {}
     for key, weight, module, flag in (
@@ -681,6 +725,19 @@ def train(config: TrainConfig) -> TrainResult:
                 states, pointer, proprio, targets = head_data.get(rows, device)
                 loss = (model.head(states, pointer, proprio) - targets).abs().mean()
                 total = loss
+            elif config.stage == 'pointer':
+                rows = torch.randint(len(train_batches), (config.batch_size,), generator=batch_rng)
+                keep_3d = None
+                if drop_rng.random() < config.token_drop_prob:
+                    _, keep_3d = drop_tokens(
+                        len(rows), n_2d, n_3d, config.min_keep,
+                        lambda low, high: int(drop_rng.integers(low, high)), batch_rng)
+                pointer = model.point(*_to(train_batches.pointer_inputs(rows, keep_3d), device))
+                pointing = _pointer_losses(pointer, model.config.pointers, train_batches, rows,
+                                           keep_3d)
+                for name, value in pointing.items():
+                    running_pointer.setdefault(name, []).append(value.item())
+                loss = total = sum(pointing.values())
             else:
                 rows = torch.randint(len(train_batches), (config.batch_size,), generator=batch_rng)
                 *inputs, targets = train_batches.get(rows)
@@ -739,7 +796,9 @@ def train(config: TrainConfig) -> TrainResult:
                 for name, values in running_pointer.items():
                     record[f'pointer_{name}_loss'] = float(np.mean(values[-config.log_every:]))
                 if checkpoint and val_batches is not None:
-                    val_loss = validation_loss(model, val_batches)
+                    validate = (validation_pointer_loss if config.stage == 'pointer'
+                                else validation_loss)
+                    val_loss = validate(model, val_batches)
                     record['val_loss'] = val_loss
                 _log(out, record)
                 if bar is not None and checkpoint:
