@@ -219,6 +219,34 @@ def test_tri_stage_modality_split_follows_salience(policy):
     assert quota_2d == pytest.approx(40 * share_2d, abs=1)
 
 
+def test_tri_stage_pointer_protect_keeps_the_groups_the_pointers_name(policy):
+    """Extension: the 3D groups the model's pointers name survive stage 1 and stage 2."""
+    observation = make_observation(0)
+    policy.configure('dense')
+    policy.reset()
+    policy.step(observation)
+    mass = torch.softmax(policy.last_pointer.logits[0].float(), dim=-1).sum(dim=0).numpy()
+    named = set(np.argsort(-mass)[:3].tolist())  # the three groups the pointers name most
+    threshold = float(np.sort(mass)[-3])
+    for protect in (True, False):
+        pruner = create_pruner('tri_stage', pointer_protect=protect, pointer_min_mass=threshold)
+        policy.configure(pruner, Budget(tokens=12, floor_3d=0))
+        policy.reset()
+        assert policy.step(observation)[1].full_step  # the pointers see every group
+        _, stats = policy.step(observation)
+        assert not stats.full_step
+        if protect:
+            assert named <= set(stats.kept_3d)
+            # carried mass: the groups the pointers saw this step (stage 1's survivors) take
+            # this step's mass (spread over fewer groups, so larger), the others keep the full
+            # step's value
+            seen = policy.last_pointer.logits.shape[-1]
+            changed = ~np.isclose(pruner._pointer_3d, mass, rtol=1e-5)
+            assert changed[stats.kept_3d].all() and changed.sum() == seen < len(mass)
+    # without the extension the small budget does not keep them all
+    assert not named <= set(stats.kept_3d)
+
+
 def test_every_registered_pruner_is_covered_by_a_contract_test():
     from test_methods_framework import METHODS
 

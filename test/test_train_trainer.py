@@ -317,8 +317,9 @@ def test_pointer_stage_trains_only_where_the_pointers_point(bag, tmp_path):
     assert np.mean(losses[-5:]) < np.mean(losses[:5])
     # per-pointer losses are logged; validation is the pointer loss
     assert 'pointer_object_loss' in log[-1]
-    validation = [record['val_loss'] for record in log if 'val_loss' in record]
-    assert len(validation) == 2 and all(np.isfinite(validation))
+    validation = [(record['step'], record['val_loss']) for record in log if 'val_loss' in record]
+    assert [step for step, _ in validation] == [0, 20, 40]  # step 0: the starting pointer
+    assert all(np.isfinite(value) for _, value in validation)
     with pytest.raises(TrainError, match='pointer_weight'):
         train(_config(bag, tmp_path / 'x', stage='pointer', init_from='m', pointer_weight=0.0))
     with pytest.raises(TrainError, match='pointer alone'):

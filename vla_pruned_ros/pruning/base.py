@@ -68,6 +68,9 @@ class StepContext:
     H x W x 3 uint8 image) and ``neighbourhoods_3d`` (G x k x 3 points of each 3D group,
     relative to its centre). ``num_layers`` is the decoder depth. ``stages`` records how many
     2D/3D tokens each pruning stage left (pruners append to it through :meth:`record_stage`).
+    ``pointer_mass`` (set once the kept 3D groups are encoded, so from ``at_layer`` on; None
+    for a model without pointers) is the probability the model's instruction pointers put on
+    each 3D group, summed over the pointers, 0 for groups they did not see.
     """
 
     step_index: int
@@ -84,6 +87,7 @@ class StepContext:
     rgb: Optional[np.ndarray] = None
     neighbourhoods_3d: Optional[np.ndarray] = None
     num_layers: int = 0
+    pointer_mass: Optional[np.ndarray] = None
 
     @property
     def is_3d(self) -> torch.Tensor:

@@ -21,6 +21,12 @@ shared/research/pruning-methods.md section 1):
   above it (71.5): temporal reuse without semantic protection propagates pruning mistakes.
 
 Every reconstructed choice is a :class:`TriStageConfig` field whose comment says [S] or [G].
+
+Extension, off by default (``pointer_protect``) [G]: a policy with instruction pointers
+(``model/pointer.py``) says directly which 3D groups show what the instruction names, which is
+what stage 2's object grouping estimates from attention. With it on, those groups are kept
+first in stage 1 (from the previous step's pointer, as stage 3 carries salience) and stage 2
+(this step's).
 """
 
 from dataclasses import dataclass
@@ -86,6 +92,10 @@ class TriStageConfig(PrunerConfig):
     min_segment_steps: int = 3
     # Force a full step after this many pruned steps (0 = never) [G].
     max_segment_steps: int = 0
+    # Extension [G]: keep first the 3D groups on which the policy's pointers put at least
+    # pointer_min_mass of their probability (models with pointers; ignored without).
+    pointer_protect: bool = False
+    pointer_min_mass: float = 0.05
 
     def __post_init__(self) -> None:
         if not (self.stage1 or self.stage2):
@@ -94,7 +104,7 @@ class TriStageConfig(PrunerConfig):
             raise ValueError('min_segment_steps must be >= 1 and max_segment_steps >= 0')
         if self.semantic_layer < 1:
             raise ValueError('semantic_layer must be >= 1 (it reads the previous layer)')
-        for name in ('min_modality_share', 'protect_fraction', 'ema_beta'):
+        for name in ('min_modality_share', 'protect_fraction', 'ema_beta', 'pointer_min_mass'):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f'{name} must be in [0, 1], got {value}')
@@ -192,6 +202,7 @@ class TriStagePruner(Pruner):
         self._new_segment = True
         self._pruned_steps = 0
         self._previous_of_3d: Optional[np.ndarray] = None  # current group -> previous group
+        self._pointer_3d: Optional[np.ndarray] = None  # pointer mass per previous 3D group
         self.last_shift = 0.0
 
     # ------------------------------------------------------------------------------ plan
@@ -250,6 +261,9 @@ class TriStagePruner(Pruner):
             np.concatenate([self._salience_2d, salience_3d]), dtype=torch.float32
         )
         scores = scores + self._protection_bonus(ctx, k_2d, k_3d)
+        named = self._pointer_bonus(self._carried_3d(self._pointer_3d))
+        if named is not None:
+            scores[layout.n_2d:] += named
         is_3d = ctx.is_3d
         keep_2d = select_top_k(scores[: layout.n_2d], is_3d[: layout.n_2d], k_2d)
         keep_3d = select_top_k(scores[layout.n_2d:], is_3d[layout.n_2d:], k_3d) + layout.n_2d
@@ -282,6 +296,18 @@ class TriStagePruner(Pruner):
             best = protected[np.argsort(-attention[protected], kind='stable')[:take]]
             bonus[torch.as_tensor(best + offset, dtype=torch.int64)] = 1e6
         return bonus
+
+    def _pointer_bonus(self, mass: Optional[np.ndarray]) -> Optional[torch.Tensor]:
+        """
+        Per 3D group: 2e6 + its pointer mass where that reaches ``pointer_min_mass``, else 0.
+
+        Above the protection bonus (1e6), so named groups come first, the most named first;
+        None when the extension is off or there is no pointer mass.
+        """
+        if not self.config.pointer_protect or mass is None:
+            return None
+        named = mass >= self.config.pointer_min_mass
+        return torch.as_tensor(np.where(named, 2e6 + mass, 0.0), dtype=torch.float32)
 
     # ---------------------------------------------------------------------------- stage 2
     def _semantic_analysis(self, ctx: StepContext, probe: ProbeResult) -> dict[str, np.ndarray]:
@@ -342,6 +368,9 @@ class TriStagePruner(Pruner):
         order = torch.sort(-received[protected], stable=True).indices
         chosen_protected = protected[order[:quota]]
         scores[chosen_protected] += 1e6
+        named = self._pointer_bonus(ctx.pointer_mass)
+        if named is not None:
+            scores[is_3d] += named[positions[is_3d] - layout.n_2d]
         # First pass without overlap; then 3D tokens whose patch made the cut lose the overlap.
         kept = select_top_k(scores, is_3d, ctx.target, ctx.floor_2d, ctx.floor_3d)
         kept_2d_patches = torch.zeros(layout.n_visual, dtype=torch.bool)
@@ -383,6 +412,13 @@ class TriStagePruner(Pruner):
         self._share.update(raw_share)
         ctx.extras['modality_share'] = raw_share
         self._update_regions(ctx, outcome)
+        if ctx.pointer_mass is not None:
+            # Groups the pointer did not see this step (mass 0) keep their carried mass.
+            carried = self._carried_3d(self._pointer_3d)
+            mass = np.zeros(layout.n_3d) if carried is None else carried.copy()
+            seen = ctx.pointer_mass > 0
+            mass[seen] = ctx.pointer_mass[seen]
+            self._pointer_3d = mass
         self._centres_3d = layout.centres_3d.copy()
         if ctx.plan.full_step:
             self._new_segment = False

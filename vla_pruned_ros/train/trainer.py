@@ -489,7 +489,6 @@ def _to(tensors: 'list[torch.Tensor] | tuple[torch.Tensor, ...]',
 
 
 @torch.no_grad()
-@torch.no_grad()
 def validation_pointer_loss(
     model: MultiModalVLA, batches: _Batches, batch_size: int = 256
 ) -> float:
@@ -506,6 +505,7 @@ def validation_pointer_loss(
                for values in totals.values() if values)
 
 
+@torch.no_grad()
 def validation_loss(model: MultiModalVLA, batches: _Batches, batch_size: int = 64) -> float:
     """Mean L1 loss of normalised chunks over ``batches`` with every visual token."""
     was_training = model.training
@@ -549,6 +549,15 @@ def _save_checkpoint(
         state[key] = probe.state_dict()
     torch.save(state, out / f'{STATE_FILE}.partial')
     os.replace(out / f'{STATE_FILE}.partial', out / STATE_FILE)
+
+
+def _train_only(model: MultiModalVLA, parameters: list[nn.Parameter]) -> list[nn.Parameter]:
+    """Freeze every weight of ``model`` but ``parameters`` (a stage's); return them."""
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    for parameter in parameters:
+        parameter.requires_grad_(True)
+    return parameters
 
 
 def _log(out: Path, record: dict) -> None:
@@ -655,21 +664,13 @@ def train(config: TrainConfig) -> TrainResult:
     parameters = list(model.parameters())
     head_data: Optional[HeadFeatures] = None
     if config.stage == 'head':
-        parameters = model.head_parameters()
-        for parameter in model.parameters():
-            parameter.requires_grad_(False)
-        for parameter in parameters:
-            parameter.requires_grad_(True)
+        parameters = _train_only(model, model.head_parameters())
         head_data = head_features(model, train_batches, config.head_views, config.min_keep,
                                   config.seed, device, progress=config.progress)
     elif config.stage == 'pointer':
         if model.pointer is None:
             raise TrainError(f'preset {config.preset!r} has no pointers to train')
-        parameters = model.pointer_parameters()
-        for parameter in model.parameters():
-            parameter.requires_grad_(False)
-        for parameter in parameters:
-            parameter.requires_grad_(True)
+        parameters = _train_only(model, model.pointer_parameters())
     # Training-only heads of the auxiliary losses, kept in the training state for --resume.
     probes: dict[str, nn.Module] = {}
     for key, weight, module, flag in (
@@ -715,6 +716,9 @@ def train(config: TrainConfig) -> TrainResult:
     running_ground: list[float] = []
     running_pointer: dict[str, list[float]] = {}
     val_loss: Optional[float] = None
+    if config.stage == 'pointer' and step == 0 and val_batches is not None:
+        # Cheap here, and the pointer starts from a trained one: where it started from.
+        _log(out, {'step': 0, 'val_loss': validation_pointer_loss(model, val_batches)})
     try:
         while step < config.steps:
             lr = _learning_rate(config, step)
