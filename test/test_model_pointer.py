@@ -159,18 +159,16 @@ def test_policy_points_at_kept_and_reused_groups_but_decodes_only_the_kept():
     keep_3d = torch.tensor([1, 4, 9])
     n_2d = 64
     with torch.inference_mode():
-        tokens, pointer, mass = policy._encode_3d(groups, keep_3d, None, n_2d, ids)
+        tokens, pointer, scored = policy._encode_3d(groups, keep_3d, None, n_2d, ids)
         assert tokens.shape[1] == 3 and pointer.logits.shape == (1, 2, 3)
-        # each pointer's probability over the groups it scored, summed; 0 elsewhere
-        assert mass.shape == (32,) and mass.sum() == pytest.approx(2.0, abs=1e-5)
-        assert np.flatnonzero(mass).tolist() == [1, 4, 9]
+        assert scored.tolist() == [1, 4, 9]
         reuse = KVReuse(positions=torch.tensor([3, n_2d + 2, n_2d + 20]), cache=None)
-        tokens_reused, pointer_reused, mass = policy._encode_3d(groups, keep_3d, reuse, n_2d,
-                                                                ids)
+        tokens_reused, pointer_reused, scored = policy._encode_3d(groups, keep_3d, reuse, n_2d,
+                                                                  ids)
     torch.testing.assert_close(tokens_reused, tokens)  # the decoder reads the kept groups
     assert pointer_reused.logits.shape == (1, 2, 5)  # kept 1, 4, 9 + reused 2, 20 (not 2D 3)
     seen = [1, 2, 4, 9, 20]
-    assert np.flatnonzero(mass).tolist() == seen
+    assert scored.tolist() == seen
     direct = model.point(ids, torch.as_tensor(groups.centres[seen])[None],
                          torch.as_tensor(groups.neighbourhoods[seen])[None])
     torch.testing.assert_close(pointer_reused.logits, direct.logits)

@@ -233,6 +233,9 @@ def test_tri_stage_pointer_protect_keeps_the_groups_the_pointers_name(policy):
         policy.configure(pruner, Budget(tokens=12, floor_3d=0))
         policy.reset()
         assert policy.step(observation)[1].full_step  # the pointers see every group
+        if protect:  # StepContext.pointer_mass: both pointers' probabilities, summed
+            np.testing.assert_allclose(pruner._pointer_3d, mass, rtol=1e-5)
+            assert pruner._pointer_3d.sum() == pytest.approx(2.0, abs=1e-5)
         _, stats = policy.step(observation)
         assert not stats.full_step
         if protect:

@@ -182,12 +182,12 @@ class Policy:
     def _encode_3d(
         self, groups: PointGroups, keep_3d: torch.Tensor, reuse: Optional[KVReuse], n_2d: int,
         input_ids: torch.Tensor,
-    ) -> tuple[torch.Tensor, Optional[PointerOutput], Optional[np.ndarray]]:
+    ) -> tuple[torch.Tensor, Optional[PointerOutput], np.ndarray]:
         """
-        Decoder tokens [1, n, width] of the kept groups; the pointer's output and group mass.
+        Decoder tokens [1, n, width] of the kept groups, the pointer's output, the groups it saw.
 
-        For a model with pointers: its points, and the mass it puts on each of the step's 3D
-        groups (``StepContext.pointer_mass``); otherwise None, None.
+        The pointer's output is None for a model without pointers; the last value holds the
+        3D group index of each of its logits' columns (``StepContext.pointer_groups``).
 
         The pointer reads the kept groups plus those whose keys/values are reused from an
         earlier step: reuse saves decoder work, and the pointer has no cache to take them from,
@@ -205,13 +205,7 @@ class Policy:
         pointer = self.model.point(input_ids, centres, neighbourhoods)
         if seen.numel() != keep_3d.numel():
             tokens = tokens[:, torch.isin(seen, keep_3d).to(self.device)]
-        mass = None
-        if pointer is not None:
-            mass = np.zeros(len(groups.centres))
-            if rows.size:
-                probabilities = torch.softmax(pointer.logits[0].float(), dim=-1)
-                mass[rows] = probabilities.sum(dim=0).cpu().numpy()
-        return tokens, pointer, mass
+        return tokens, pointer, rows
 
     @torch.inference_mode()
     def step(self, observation: Observation) -> tuple[np.ndarray, StepStats]:
@@ -269,8 +263,9 @@ class Policy:
         keep_3d = keep[keep >= layout.n_2d] - layout.n_2d
         tokens_2d = model.project_2d_tokens(features_2d[keep_2d.to(self.device)].unsqueeze(0))
         ids = torch.tensor([input_ids], device=self.device)
-        tokens_3d, pointer, ctx.pointer_mass = self._encode_3d(groups, keep_3d, reuse,
-                                                               layout.n_2d, ids)
+        tokens_3d, pointer, ctx.pointer_groups = self._encode_3d(groups, keep_3d, reuse,
+                                                                 layout.n_2d, ids)
+        ctx.pointer_logits = None if pointer is None else pointer.logits[0]
         proprio = self._proprio(observation)
         self.last_pointer = pointer
         embeds = model.assemble(tokens_2d, tokens_3d, ids, proprio, pointer)

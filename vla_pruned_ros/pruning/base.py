@@ -68,9 +68,9 @@ class StepContext:
     H x W x 3 uint8 image) and ``neighbourhoods_3d`` (G x k x 3 points of each 3D group,
     relative to its centre). ``num_layers`` is the decoder depth. ``stages`` records how many
     2D/3D tokens each pruning stage left (pruners append to it through :meth:`record_stage`).
-    ``pointer_mass`` (set once the kept 3D groups are encoded, so from ``at_layer`` on; None
-    for a model without pointers) is the probability the model's instruction pointers put on
-    each 3D group, summed over the pointers, 0 for groups they did not see.
+    ``pointer_logits`` [pointers, scored groups] and ``pointer_groups`` (the 3D group index of
+    each scored column) are set once the kept 3D groups are encoded, so from ``at_layer`` on,
+    for a model with instruction pointers; :meth:`pointer_mass` reads them.
     """
 
     step_index: int
@@ -87,7 +87,26 @@ class StepContext:
     rgb: Optional[np.ndarray] = None
     neighbourhoods_3d: Optional[np.ndarray] = None
     num_layers: int = 0
-    pointer_mass: Optional[np.ndarray] = None
+    pointer_logits: Optional[torch.Tensor] = None
+    pointer_groups: Optional[np.ndarray] = None
+    _pointer_mass: Optional[np.ndarray] = field(default=None, repr=False)
+
+    def pointer_mass(self) -> Optional[np.ndarray]:
+        """
+        Probability the pointers put on each 3D group, summed over pointers [n_3d], or None.
+
+        0 for groups they did not score; None for a model without pointers (or before the
+        groups are encoded). Computed on first use (a device sync on a GPU), then kept.
+        """
+        if self.pointer_logits is None or self.pointer_groups is None:
+            return None
+        if self._pointer_mass is None:
+            mass = np.zeros(self.layout.n_3d)
+            if len(self.pointer_groups):
+                probabilities = torch.softmax(self.pointer_logits.float(), dim=-1)
+                mass[self.pointer_groups] = probabilities.sum(dim=0).cpu().numpy()
+            self._pointer_mass = mass
+        return self._pointer_mass
 
     @property
     def is_3d(self) -> torch.Tensor:

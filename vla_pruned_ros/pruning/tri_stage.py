@@ -368,7 +368,7 @@ class TriStagePruner(Pruner):
         order = torch.sort(-received[protected], stable=True).indices
         chosen_protected = protected[order[:quota]]
         scores[chosen_protected] += 1e6
-        named = self._pointer_bonus(ctx.pointer_mass)
+        named = self._pointer_bonus(ctx.pointer_mass()) if self.config.pointer_protect else None
         if named is not None:
             scores[is_3d] += named[positions[is_3d] - layout.n_2d]
         # First pass without overlap; then 3D tokens whose patch made the cut lose the overlap.
@@ -412,12 +412,12 @@ class TriStagePruner(Pruner):
         self._share.update(raw_share)
         ctx.extras['modality_share'] = raw_share
         self._update_regions(ctx, outcome)
-        if ctx.pointer_mass is not None:
-            # Groups the pointer did not see this step (mass 0) keep their carried mass.
+        pointer_mass = ctx.pointer_mass() if self.config.pointer_protect else None
+        if pointer_mass is not None:
+            # Groups the pointer did not see this step keep their carried mass.
             carried = self._carried_3d(self._pointer_3d)
             mass = np.zeros(layout.n_3d) if carried is None else carried.copy()
-            seen = ctx.pointer_mass > 0
-            mass[seen] = ctx.pointer_mass[seen]
+            mass[ctx.pointer_groups] = pointer_mass[ctx.pointer_groups]
             self._pointer_3d = mass
         self._centres_3d = layout.centres_3d.copy()
         if ctx.plan.full_step:
