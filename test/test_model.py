@@ -182,3 +182,29 @@ def test_bf16_policy_runs_and_stays_close_to_fp32(policy):
     actions, stats = bf16.step(observation)
     assert stats.device == 'cpu'
     assert np.abs(actions - expected).max() < 0.1 * (np.abs(expected).max() + 1e-3) + 0.05
+
+
+@pytest.mark.parametrize('context', [False, True])
+def test_factored_pointer_flops_match_torch_flop_counter(context):
+    """The colour part and the object context are counted (its elementwise part estimated)."""
+    from vla_pruned_ros.model.object_context import PAIR_FLOPS
+
+    config = preset_config('tiny')
+    config.points.colour = True
+    config.pointer_score, config.object_context = 'factored', context
+    torch.manual_seed(0)
+    model = MultiModalVLA(config).eval()
+    flops = FlopsModel.from_model(model)
+    ids = torch.randint(2, 50, (1, config.instruction_tokens))
+    groups, size = 12, config.points.group_size
+    centres = torch.randn(1, groups, 3) * 0.1 + torch.tensor([0.0, 0.0, 0.5])
+    neighbourhoods = torch.cat([torch.randn(1, groups, size, 3) * 0.01,
+                                torch.rand(1, groups, size, 3)], dim=-1)
+    with FlopCounterMode(display=False) as counter:
+        output = model.point(ids, centres, neighbourhoods)
+        model.pointer.embed(output)
+    length, width = config.instruction_tokens, model.width
+    measured = counter.get_total_flops() + 2 * 2.0 * length * length * width
+    if context:  # distances and masked reductions: not matrix products, estimated
+        measured += PAIR_FLOPS * groups * groups * size
+    assert flops.pointers(groups) == pytest.approx(measured, rel=1e-6)

@@ -326,6 +326,29 @@ def test_pointer_stage_trains_only_where_the_pointers_point(bag, tmp_path):
         train(_config(bag, tmp_path / 'x', stage='pointer', init_from='m', ground_weight=1.0))
 
 
+def test_a_fresh_pointer_of_another_kind_trains_with_word_noise_on_a_trained_trunk(
+        bag, tmp_path):
+    first = train(_config(bag, tmp_path / 'first', preset='sim', steps=1))
+    before = load_file(first.model_dir / 'model.safetensors')
+    settings = {'steps': 4, 'batch_size': 8, 'stage': 'pointer', 'preset': 'sim-shape',
+                'checkpoint_every': 4, 'init_from': str(first.model_dir), 'val_every': 2,
+                'fresh_pointer': True, 'word_noise': 0.5}
+    result = train(_config(bag, tmp_path / 'shape', **settings))
+    after = load_file(result.model_dir / 'model.safetensors')
+    warm = json.loads((tmp_path / 'shape' / 'log.jsonl').read_text().splitlines()[0])
+    # the scoring weights started fresh (none copied, none widened from the joint key) ...
+    assert 'pointer.key.0.weight' in warm['skipped'] and not warm['widened']
+    assert 'pointer.colour_key.0.weight' in warm['skipped']
+    assert after['pointer.key.0.weight'].shape[1] == 6 + 10  # place, extent, object context
+    # ... while the trunk, the head and the points' maps are the source's, untouched
+    for name in ('pointer.to_head.weight', 'action_queries', 'pointer.to_queries.weight'):
+        torch.testing.assert_close(after[name], before[name], rtol=0, atol=0)
+    assert json.loads((result.model_dir / 'config.json').read_text())['pointer_score'] == (
+        'factored')
+    with pytest.raises(TrainError, match='fresh_pointer'):
+        train(_config(bag, tmp_path / 'x', fresh_pointer=True))
+
+
 @pytest.mark.parametrize('overrides, message', [
     ({}, '--init-from'),
     ({'init_from': 'm', 'aux_weight': 1.0}, 'head alone'),
@@ -338,3 +361,36 @@ def test_head_stage_refuses_settings_that_would_train_the_trunk_or_nothing(
         train(_config(bag, tmp_path / 'x', stage='head', **overrides))
     with pytest.raises(TrainError, match='stage'):
         train(_config(bag, tmp_path / 'y', stage='decoder'))
+
+
+def test_shape_probe_reads_the_target_groups_of_cached_samples(tmp_path):
+    """tools/shape_probe.py: leave-one-colour-out shape accuracy from the cached groups."""
+    from pathlib import Path
+    import subprocess
+    import sys
+
+    from vla_pruned_ros.train.dataset import load_samples
+
+    bag = tmp_path / 'bag'
+    record_episodes(bag, ['reach'], 3, image_size=(64, 64), points_stride=2)
+    config = preset_config('tiny')
+    config.points = preset_config('sim').points  # coloured, tabletop removed: objects labelled
+    samples = load_samples([bag], MultiModalVLA(config), cache_dir=tmp_path / 'cache')
+    assert (np.nan_to_num(samples.target_groups) > 0.5).any()
+    colours = {samples.instructions[i].split()[-2] for i in np.unique(samples.instruction)}
+    assert len(colours) >= 2, 'the probe leaves one colour out: it needs two'
+    caches = sorted(str(p) for p in (tmp_path / 'cache').glob('*.npz'))
+    script = Path(__file__).resolve().parents[1] / 'tools' / 'shape_probe.py'
+    out = tmp_path / 'probe.json'
+    result = subprocess.run([sys.executable, str(script), *caches, '--frames', '1000',
+                             '--out', str(out)], check=True, capture_output=True, text=True,
+                            timeout=300)
+    report = json.loads(out.read_text())
+    # every labelled target group of every frame is one probe sample
+    assert report['frames'] == len(samples)
+    assert report['groups'] == int((np.nan_to_num(samples.target_groups) > 0.5).sum())
+    for name in ('group_extent', 'object_context', 'both'):
+        accuracy = report[name]['per_left_out_colour']
+        assert accuracy and all(0.0 <= a <= 1.0 for a in accuracy)
+        assert report[name]['mean'] == pytest.approx(float(np.mean(accuracy)))
+        assert name in result.stdout

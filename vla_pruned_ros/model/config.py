@@ -6,7 +6,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from vla_pruned_ros.model.pointer import POINTER_TARGETS
+from vla_pruned_ros.model.pointer import POINTER_SCORES, POINTER_TARGETS
 from vla_pruned_ros.tokens.points_3d import PointTokenizerConfig
 from vla_pruned_ros.tokens.vision_2d import VisionTowerConfig
 
@@ -75,7 +75,12 @@ class MVLAConfig:
     it. ``head_hidden`` = 0 is the original head (one hidden layer of the decoder's width), > 0
     two hidden layers of that width. ``line_features`` also feeds the head the line from the
     first pointer's point to the second's (the push line, ``pointer.line_features``); it needs
-    ``camera_to_base``, two pointers and the full pose (``proprio_dim`` 7).
+    ``camera_to_base``, two pointers and the full pose (``proprio_dim`` 7). ``object_context``
+    lets the pointers see the shape of the object around each 3D group
+    (:mod:`vla_pruned_ros.model.object_context`); it needs ``camera_to_base`` and coloured points.
+    ``pointer_score`` 'joint' scores a group's colour and shape together (one MLP), 'factored'
+    as the sum of a colour-only and a colour-blind part, which carries over to colour / shape
+    pairs training never showed (``pointer.InstructionPointer``; needs coloured points).
     """
 
     vision: VisionTowerConfig = field(default_factory=VisionTowerConfig)
@@ -95,6 +100,8 @@ class MVLAConfig:
     camera_to_base: Optional[list[list[float]]] = None
     head_hidden: int = 0
     line_features: bool = False
+    object_context: bool = False
+    pointer_score: str = 'joint'
 
     def __post_init__(self) -> None:
         self.pointers = list(self.pointers)
@@ -111,6 +118,14 @@ class MVLAConfig:
             raise ValueError('line_features reads the line between the first two pointers '
                              'relative to the end-effector pose: it needs camera_to_base, two '
                              'pointers and proprio_dim 7')
+        if self.object_context and (self.camera_to_base is None or not self.points.colour):
+            raise ValueError('object_context measures shapes with z up and objects by colour: '
+                             'it needs camera_to_base and points.colour')
+        if self.pointer_score not in POINTER_SCORES:
+            raise ValueError(f'pointer_score must be one of {POINTER_SCORES}, got '
+                             f'{self.pointer_score!r}')
+        if self.pointer_score == 'factored' and not self.points.colour:
+            raise ValueError("pointer_score 'factored' has a colour part: it needs points.colour")
         unknown = [name for name in self.pointers if name not in POINTER_TARGETS]
         if unknown or len(set(self.pointers)) != len(self.pointers):
             raise ValueError(f'pointers must be distinct names from {POINTER_TARGETS}, got '

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Optional
 
+from vla_pruned_ros.model.object_context import object_context_flops
 from vla_pruned_ros.model.runner import AttentionProbe, LayerRunner
 from vla_pruned_ros.tokens.layout import TokenLayout
 
@@ -101,6 +102,10 @@ class PointerShape:
     pointers: int
     text_length: int
     descriptor: int
+    # The factored score's colour part (keys of 3 values, its own query and score).
+    colour_part: bool = False
+    # Points per group the object context reads (0 without it).
+    context_group_size: int = 0
 
     def flops(self, n_groups: int) -> float:
         """Text layer and pooling (fixed), then the group keys and scores per given group."""
@@ -110,6 +115,12 @@ class PointerShape:
         pooling = 2.0 * p * t * w * 2 + linear_flops(p, w, w)
         keys = linear_flops(n_groups, self.descriptor, w) + linear_flops(n_groups, w, w)
         scores = p * (linear_flops(n_groups, 2 * w, w) + linear_flops(n_groups, w, 1))
+        if self.colour_part:
+            pooling += linear_flops(p, w, w)
+            keys += linear_flops(n_groups, 3, w) + linear_flops(n_groups, w, w)
+            scores *= 2
+        if self.context_group_size:
+            keys += object_context_flops(n_groups, self.context_group_size)
         points = 2.0 * p * n_groups * 3  # softmax-weighted centres
         return text + pooling + keys + scores + points + linear_flops(1, 3 * p, w)
 
@@ -169,6 +180,8 @@ class FlopsModel:
                 pointers=len(model.config.pointers),
                 text_length=model.config.instruction_tokens,
                 descriptor=model.pointer.key[0].in_features,
+                colour_part=model.pointer.factored,
+                context_group_size=points.group_size if model.pointer.object_context else 0,
             ),
             head_hidden=model.config.head_hidden,
             head_features=0 if model.pointer is None else model.pointer.to_head.in_features,

@@ -101,7 +101,8 @@ class MultiModalVLA(nn.Module):
                 width, len(config.pointers), config.instruction_tokens,
                 self.decoder.config.num_attention_heads, config.vocab_size,
                 config.points.point_features, config.proprio_dim, config.camera_to_base,
-                config.line_features,
+                config.line_features, config.object_context,
+                factored=config.pointer_score == 'factored',
             )
         self.register_buffer('action_mean', torch.tensor(config.action_mean, dtype=torch.float32))
         self.register_buffer('action_std', torch.tensor(config.action_std, dtype=torch.float32))

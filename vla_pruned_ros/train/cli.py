@@ -61,6 +61,13 @@ def add_parser(subparsers: 'argparse._SubParsersAction') -> argparse.ArgumentPar
     parser.add_argument('--proprio-drop-prob', type=float, default=0.0,
                         help='share of training frames trained without the end-effector pose '
                              'input (zeroed), so the policy has to use its cameras (0 = off)')
+    parser.add_argument('--word-noise', type=float, default=0.0,
+                        help='share of instructions that get runs of token ids no training '
+                             'instruction holds inserted, so new wording reads as noise '
+                             '(0 = off; not with --stage head)')
+    parser.add_argument('--fresh-pointer', action='store_true',
+                        help='with --init-from: start the pointer scoring weights fresh instead '
+                             'of copying them (to change the kind of pointer)')
     parser.add_argument('--stage', choices=('all', 'head', 'pointer'), default='all',
                         help="'all' trains every weight; 'head' only the action head of the "
                              '--init-from model, on trunk outputs computed once per frame '
@@ -88,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
         ground_weight=args.ground_weight,
         pointer_weight=args.pointer_weight,
         proprio_drop_prob=args.proprio_drop_prob,
-        stage=args.stage, head_views=args.head_views,
+        stage=args.stage, head_views=args.head_views, word_noise=args.word_noise,
+        fresh_pointer=args.fresh_pointer,
     )
     try:
         result = train(config)

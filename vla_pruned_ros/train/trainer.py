@@ -54,6 +54,7 @@ from vla_pruned_ros.model.pointer import POINTER_TARGETS, PointerOutput, pointer
 from vla_pruned_ros.model.presets import preset_config
 from vla_pruned_ros.model.text import InstructionEncoder, build_tokenizer
 from vla_pruned_ros.train.dataset import Samples, load_samples
+from vla_pruned_ros.train.word_noise import add_word_noise, unseen_ids
 
 STATE_FILE = 'training_state.pt'
 LOG_FILE = 'log.jsonl'
@@ -132,6 +133,13 @@ class TrainConfig:
     # module docstring).
     stage: str = 'all'
     head_views: int = 2
+    # Share of drawn instructions that get runs of token ids no training instruction holds
+    # inserted (word_noise.add_word_noise; 0 = off), so that unseen wording reads as noise.
+    # The pointer and all stages; the head stage's trunk is fixed.
+    word_noise: float = 0.0
+    # With init_from: the pointer's scoring weights (MultiModalVLA.pointer_parameters) keep
+    # their fresh initialisation instead of the source's (for a pointer of another kind).
+    fresh_pointer: bool = False
 
     def validate(self) -> None:
         """Raise ``TrainError`` for values that cannot train."""
@@ -145,6 +153,13 @@ class TrainConfig:
             value = getattr(self, name)
             if not (value >= 0 and math.isfinite(value)):
                 raise TrainError(f'{name} must be a finite number >= 0, got {value}')
+        if self.fresh_pointer and not self.init_from:
+            raise TrainError('fresh_pointer re-initialises the pointer of an --init-from model: '
+                             'pass --init-from (a new run from scratch is fresh anyway)')
+        if not 0 <= self.word_noise <= 1:
+            raise TrainError(f'word_noise must lie in [0, 1], got {self.word_noise}')
+        if self.stage == 'head' and self.word_noise:
+            raise TrainError('the head stage reads fixed trunk outputs: word_noise must be 0')
         if not 0 <= self.proprio_drop_prob <= 1:
             raise TrainError(f'proprio_drop_prob must lie in [0, 1], got {self.proprio_drop_prob}')
         if not 0 <= self.token_drop_prob <= 1 or not 0 < self.min_keep <= 1:
@@ -190,6 +205,11 @@ class _Batches:
         self.proprio = torch.from_numpy(samples.proprio)
         ids = np.array([encoder.encode(text) for text in samples.instructions], np.int64)
         self.input_ids = torch.from_numpy(ids[samples.instruction])
+        tokenizer = encoder.tokenizer
+        self.pad_id = tokenizer.pad_token_id
+        # ids the instructions never use (for word noise); special tokens are not words
+        vocabulary = min(model.config.vocab_size, len(tokenizer))  # ids the tokenizer can give
+        self.unseen_ids = unseen_ids(self.input_ids, vocabulary, set(tokenizer.all_special_ids))
         mean, std = model.action_mean.cpu(), model.action_std.cpu()
         self.targets = (torch.from_numpy(samples.actions) - mean) / std
         self.target_xy = torch.from_numpy(samples.target_xy) / AUX_SCALE_M
@@ -592,6 +612,12 @@ def warm_start(model: MultiModalVLA, source: MultiModalVLA) -> dict[str, list[st
     return report
 
 
+def _pointer_parameter_names(model: MultiModalVLA) -> set[str]:
+    """State-dict names of :meth:`MultiModalVLA.pointer_parameters`."""
+    wanted = {id(p) for p in model.pointer_parameters()}
+    return {name for name, p in model.named_parameters() if id(p) in wanted}
+
+
 def train(config: TrainConfig) -> TrainResult:
     """
     Run (or resume) behaviour cloning as ``config`` says and return the final checkpoint.
@@ -631,7 +657,17 @@ def train(config: TrainConfig) -> TrainResult:
             model.config.action_std = list(source.config.action_std)
             torch.manual_seed(config.seed)
             model = MultiModalVLA(model.config)
+            fresh = {}
+            if config.fresh_pointer:
+                # start the pointer's scoring over: its fresh initialisation, not the source's
+                fresh = {name: tensor.clone() for name, tensor in model.state_dict().items()
+                         if name in _pointer_parameter_names(model)}
             report = warm_start(model, source)
+            if fresh:
+                model.load_state_dict(fresh, strict=False)
+                report['copied'] = [n for n in report['copied'] if n not in fresh]
+                report['widened'] = [n for n in report['widened'] if n not in fresh]
+                report['skipped'] = sorted(set(report['skipped']) | set(fresh))
             if not report['copied']:
                 raise TrainError(f'{config.init_from} shares no weights with preset '
                                  f'{config.preset!r}')
@@ -736,7 +772,10 @@ def train(config: TrainConfig) -> TrainResult:
                     _, keep_3d = drop_tokens(
                         len(rows), n_2d, n_3d, config.min_keep,
                         lambda low, high: int(drop_rng.integers(low, high)), batch_rng)
-                pointer = model.point(*_to(train_batches.pointer_inputs(rows, keep_3d), device))
+                input_ids, *groups = train_batches.pointer_inputs(rows, keep_3d)
+                input_ids = add_word_noise(input_ids, train_batches.unseen_ids,
+                                           config.word_noise, train_batches.pad_id, drop_rng)
+                pointer = model.point(*_to([input_ids, *groups], device))
                 pointing = _pointer_losses(pointer, model.config.pointers, train_batches, rows,
                                            keep_3d)
                 for name, value in pointing.items():
@@ -746,6 +785,8 @@ def train(config: TrainConfig) -> TrainResult:
                 rows = torch.randint(len(train_batches), (config.batch_size,), generator=batch_rng)
                 *inputs, targets = train_batches.get(rows)
                 inputs[4] = drop_proprio(inputs[4], config.proprio_drop_prob, drop_rng)
+                inputs[3] = add_word_noise(inputs[3], train_batches.unseen_ids,
+                                           config.word_noise, train_batches.pad_id, drop_rng)
                 *inputs, targets = _to([*inputs, targets], device)
                 keep_2d = keep_3d = None
                 if drop_rng.random() < config.token_drop_prob:
