@@ -25,6 +25,8 @@ The points are those of the groups the pointer is given, so pruning acts on this
 
 import torch
 
+from vla_pruned_ros.model.frames import in_base_frame
+
 # Points of "the same object" as a group: horizontally this close to its centre (m; a block's
 # half-length is at most 4.8 cm) and this close to its mean colour (RGB in [0, 1]).
 OBJECT_RADIUS = 0.05
@@ -58,14 +60,11 @@ def object_descriptors(
                          f'{neighbourhoods.shape[-1]} values per point')
     with torch.no_grad():
         batch, groups, k = neighbourhoods.shape[:3]
-        transform = camera_to_base.float()
-        rotation, translation = transform[:3, :3], transform[:3, 3]
-        relative = neighbourhoods[..., :3].float()
-        points = (relative + centres.float()[:, :, None]).reshape(batch, groups * k, 3)
-        points = points @ rotation.T + translation
+        points = neighbourhoods[..., :3].float() + centres.float()[:, :, None]
+        points = in_base_frame(points.reshape(batch, groups * k, 3), camera_to_base)
         colours = neighbourhoods[..., 3:6].float().reshape(batch, groups * k, 3)
         group_colours = neighbourhoods[..., 3:6].float().mean(dim=2)
-        group_xy = (centres.float() @ rotation.T + translation)[..., :2]
+        group_xy = in_base_frame(centres, camera_to_base)[..., :2]
         # [B, G, N]: which of all N given points belong to each group's object
         near = torch.cdist(group_xy, points[..., :2]) < OBJECT_RADIUS
         alike = torch.cdist(group_colours, colours) < OBJECT_COLOUR_TOLERANCE

@@ -46,6 +46,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from vla_pruned_ros.model.frames import in_base_frame
 from vla_pruned_ros.model.object_context import OBJECT_CONTEXT_WIDTH, object_descriptors
 
 # Targets a pointer may name; the training labels of each come from the recorder's metadata.
@@ -73,13 +74,6 @@ COLOUR_WIDTH = 3
 GEOMETRY_SCALE = 10.0
 
 
-def _in_base_frame(points: torch.Tensor, camera_to_base: torch.Tensor) -> torch.Tensor:
-    """``points`` [..., 3] (camera frame) mapped by ``camera_to_base`` [4, 4], in float32."""
-    # float32 whatever the model's dtype: a bf16 rotation is off by millimetres.
-    transform = camera_to_base.float()
-    return points.float() @ transform[:3, :3].T + transform[:3, 3]
-
-
 def geometry_features(
     points: torch.Tensor, pose: torch.Tensor, camera_to_base: torch.Tensor
 ) -> torch.Tensor:
@@ -91,7 +85,7 @@ def geometry_features(
     Per point: its position, its offset from the end effector, the absolute horizontal offset
     and the horizontal distance, all times :data:`GEOMETRY_SCALE`.
     """
-    base = _in_base_frame(points, camera_to_base)
+    base = in_base_frame(points, camera_to_base)
     offset = base - pose[:, None, :3].float()
     horizontal = offset[..., :2]
     parts = [base, offset, horizontal.abs(), horizontal.norm(dim=-1, keepdim=True)]
@@ -132,7 +126,7 @@ def line_features(
     and sin / cos of twice the angle between the line and the gripper's yaw (2; twice because a
     parallel-jaw gripper is symmetric under a half turn). Lengths x :data:`GEOMETRY_SCALE`.
     """
-    base = _in_base_frame(points[:, :2], camera_to_base)
+    base = in_base_frame(points[:, :2], camera_to_base)
     pose = pose.float()
     start, end = base[:, 0, :2], base[:, 1, :2]
     length = (end - start).norm(dim=-1, keepdim=True)

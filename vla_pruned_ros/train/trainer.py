@@ -660,8 +660,9 @@ def train(config: TrainConfig) -> TrainResult:
             fresh = {}
             if config.fresh_pointer:
                 # start the pointer's scoring over: its fresh initialisation, not the source's
+                names = _pointer_parameter_names(model)
                 fresh = {name: tensor.clone() for name, tensor in model.state_dict().items()
-                         if name in _pointer_parameter_names(model)}
+                         if name in names}
             report = warm_start(model, source)
             if fresh:
                 model.load_state_dict(fresh, strict=False)
