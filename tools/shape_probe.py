@@ -10,7 +10,7 @@ probe is fitted on the other colours' groups and scored on that colour's), so a 
 learns colour-shape pairs instead of shapes scores low. Prints and saves the accuracies.
 
     python tools/shape_probe.py /tmp/vla_train/run9/cache/*.npz --frames 3000 \
-        --out docs/results/shape_probe.json
+        --out docs/results/shape_runs/shape_probe.json
 """
 
 import argparse
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from vla_pruned_ros.model.object_context import object_descriptors
-from vla_pruned_ros.model.pointer import EXTENT_SCALE
+from vla_pruned_ros.model.pointer import group_descriptors
 from vla_pruned_ros.model.presets import preset_config
 from vla_pruned_ros.sim.scene import COLOURS, SHAPES
 from vla_pruned_ros.train.dataset import concat_samples, read_cached_samples
@@ -80,7 +80,7 @@ def main() -> None:
         neighbourhoods = torch.as_tensor(samples.neighbourhoods[chunk])
         centres = torch.as_tensor(samples.centres[chunk])
         context = object_descriptors(neighbourhoods, centres, camera_to_base)
-        extent = neighbourhoods[..., :3].std(dim=-2, unbiased=False) * EXTENT_SCALE
+        extent = group_descriptors(neighbourhoods, centres)[..., 3:6]  # after the centre
         labels = torch.as_tensor(np.nan_to_num(samples.target_groups[chunk])) > 0.5
         for i, row in enumerate(chunk):
             shape, colour = _target_words(samples.instructions[samples.instruction[row]])

@@ -4,9 +4,9 @@ What the object around each 3D group looks like: the shape cue of the instructio
 A 3D group is 16 neighbouring points, a patch of an object a few centimetres wide. Its own
 extent barely tells a cube from a sphere: a probe trained to name the target's shape from the
 groups' extents, leaving one colour out, was right 32 % of the time (chance: 25 %;
-``tools/shape_probe.py``), so the
-pointer matched the colour word and guessed the shape, and on the heldout colour / shape pairs
-it pointed at a same-coloured object of another shape (docs/training.md, the shape cue).
+``tools/shape_probe.py``), so the pointer matched the colour word and guessed the shape, and
+on the heldout colour / shape pairs it pointed at a same-coloured object of another shape
+(docs/training.md, the shape cue).
 
 Here each group also reads the object it lies on, taken as the given points within
 :data:`OBJECT_RADIUS` (horizontally) of the group's centre and within
