@@ -219,6 +219,23 @@ def test_tri_stage_modality_split_follows_salience(policy):
     assert quota_2d == pytest.approx(40 * share_2d, abs=1)
 
 
+def test_tri_stage_stage2_split_keeps_stage1_shares_in_the_decoder(policy):
+    """stage2_split: stage 2 keeps per modality what stage 1's split gives, not attention's."""
+    observations = [make_observation(0)] * 3
+    budget = Budget(tokens=24, floor_2d=0, floor_3d=0)
+    kept_3d = {}
+    for split in (False, True):
+        pruner = create_pruner('tri_stage', stage2_split=split, min_modality_share=0.5)
+        _, stats = _pruned_step(policy, pruner, budget, observations)
+        stage1, stage2 = stats.stages
+        assert stage2[1] + stage2[2] == 24
+        kept_3d[split] = stage2[2]
+        if split:  # a share of 0.5 each pins stage 1's split of the 24 at 12 + 12
+            assert (stage2[1], stage2[2]) == (12, 12)
+            assert stage1[1] == stage1[2] == 18  # 36 = 24 x (1 + slack), split alike
+    assert kept_3d[False] != 12  # attention alone splits otherwise
+
+
 def test_tri_stage_pointer_protect_keeps_the_groups_the_pointers_name(policy):
     """Extension: the 3D groups the model's pointers name survive stage 1 and stage 2."""
     observation = make_observation(0)

@@ -7,6 +7,8 @@ import pytest
 
 from vla_pruned_ros.sim.env import ACTION_HIGH, ACTION_LOW, TabletopEnv
 from vla_pruned_ros.sim.expert import (
+    LOOSE_TOLERANCES,
+    TOLERANCES,
     ExpertError,
     action_chunks,
     grasp_yaw,
@@ -38,6 +40,28 @@ def test_expert_solves_two_seeds(family, split):
                 zone = env.task.target_zone
                 final = env.scene.object_position(env.task.target)
                 assert math.hypot(final[0] - zone.x, final[1] - zone.y) < zone.radius
+
+
+@pytest.mark.parametrize('family', ['push', 'pick'])
+def test_loose_experts_still_solve_and_descend_from_further_off(family):
+    """'loose' tolerances: the same episodes solved, the approach ended earlier (fewer steps)."""
+    steps = {}
+    for tolerance in TOLERANCES:
+        expert = make_expert(family, tolerance=tolerance)
+        assert expert.tolerance == tolerance
+        steps[tolerance] = 0
+        for seed in (0, 1, 2):
+            with TabletopEnv(family, seed, 'train', image_size=(32, 32),
+                             points_stride=None) as env:
+                episode = run_episode(env, expert, keep_observations=False)
+            assert episode.success, (family, tolerance, seed)
+            steps[tolerance] += episode.steps
+    loose, strict = make_expert(family, tolerance='loose'), make_expert(family)
+    for name, value in LOOSE_TOLERANCES[family].items():
+        assert getattr(loose, name) == value > getattr(strict, name)
+    assert steps['loose'] <= steps['strict']
+    with pytest.raises(ExpertError, match='tolerance'):
+        make_expert(family, tolerance='sloppy')
 
 
 def test_noise_perturbs_executed_actions_but_not_labels():

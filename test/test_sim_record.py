@@ -18,6 +18,7 @@ from vla_pruned_ros.convert import (
 )
 from vla_pruned_ros.sim import cli
 from vla_pruned_ros.sim.env import ACTION_NAMES, ACTION_SPACE, TabletopEnv
+from vla_pruned_ros.sim.expert import TOLERANCES
 from vla_pruned_ros.sim.record import (
     CHUNK_HORIZON,
     STORAGES,
@@ -156,12 +157,15 @@ def test_recording_refuses_bad_arguments(tmp_path):
         record_episodes(tmp_path / 'a', ['reach'], 1, storage='rosbag1')
     with pytest.raises(RecordError, match='families'):
         record_episodes(tmp_path / 'b', ['stack'], 1)
+    with pytest.raises(RecordError, match='tolerance'):
+        record_episodes(tmp_path / 'c', ['reach'], 1, expert_tolerance='sloppy')
 
 
 def test_cli_choices_match_the_library_and_record_runs(tmp_path, capsys):
     assert cli.FAMILY_CHOICES == FAMILIES
     assert cli.SPLIT_CHOICES == SPLITS
     assert cli.STORAGE_CHOICES == STORAGES
+    assert cli.TOLERANCE_CHOICES == TOLERANCES
     parser = argparse.ArgumentParser(prog='vla-pruned-ros')
     cli.add_parser(parser.add_subparsers(dest='command'))
     out = tmp_path / 'cli_bag'

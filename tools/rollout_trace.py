@@ -10,6 +10,10 @@ With ``--teacher`` the scripted expert drives instead, one action per line, and 
 the expert's phase and action next to the first action the policy predicts there: how the
 policy acts on the demonstrations' own states (no drift), phase by phase.
 
+With ``--oracle`` the pointers point where the simulator says the named object and zone are
+(:class:`vla_pruned_ros.sim.oracle.OraclePointer`): what the policy's control does with a right
+point.
+
     python tools/rollout_trace.py models/default reach 1 --split heldout
     python tools/rollout_trace.py models/default pick 5 --split train --teacher
 """
@@ -23,6 +27,7 @@ from vla_pruned_ros.pruning import Budget
 from vla_pruned_ros.sim.env import TabletopEnv
 from vla_pruned_ros.sim.evaluate import EXECUTE_STEPS, POINTS_STRIDE
 from vla_pruned_ros.sim.expert import make_expert
+from vla_pruned_ros.sim.oracle import OraclePointer
 
 # dx dy dz dyaw gripper: the dimensions the benchmark's tasks use
 SHOWN = [0, 1, 2, 5, 6]
@@ -37,6 +42,8 @@ def main() -> None:
     parser.add_argument('--split', default='heldout', choices=('train', 'heldout'))
     parser.add_argument('--pruner', default='dense', help='pruner spec, e.g. tri_stage')
     parser.add_argument('--keep-ratio', type=float, default=None)
+    parser.add_argument('--oracle', action='store_true',
+                        help="replace the pointers' scores with the simulator's truth")
     parser.add_argument('--teacher', action='store_true',
                         help="the expert drives; print its action next to the policy's")
     args = parser.parse_args()
@@ -45,10 +52,14 @@ def main() -> None:
         policy.configure(budget=Budget(keep_ratio=args.keep_ratio))
     size = policy.config.vision.image_size
     names = policy.config.pointers
+    oracle = OraclePointer(policy, list(names)).install(policy) if args.oracle else None
     policy.reset()
     with TabletopEnv(args.family, args.seed, args.split, image_size=(size, size),
                      points_stride=POINTS_STRIDE) as env:
         observation = env.reset()
+        if oracle is not None:
+            oracle.attach(env)
+            print(f'oracle pointers: {", ".join(oracle.pointers)}')
         print(env.instruction)
         to_world = env.camera_to_world()
         expert = make_expert(args.family) if args.teacher else None

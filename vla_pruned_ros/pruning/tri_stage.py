@@ -79,6 +79,10 @@ class TriStageConfig(PrunerConfig):
     protect_fraction: float = 0.5
     # How strongly a 3D token's overlap with an already kept 2D patch lowers its score [G].
     overlap_discount: float = 1.0
+    # Stage 2 keeps per modality the split stage 1 uses (smoothed salience shares, at least
+    # min_modality_share each) instead of ranking both modalities by attention together [G]:
+    # attention favours 2D patches, and a policy that acts on its 3D groups loses them.
+    stage2_split: bool = False
     # Stage 3. EMA factor beta (S_t = beta S_{t-1} + (1 - beta) s_t) [S: EMA; value G] and the
     # window of raw values averaged before the EMA [S: window; length G].
     ema_beta: float = 0.6
@@ -242,6 +246,15 @@ class TriStagePruner(Pruner):
         k_2d = int(np.clip(round(count * weight_2d), low_2d, max(low_2d, high_2d)))
         return k_2d, count - k_2d
 
+    def _present_split(self, ctx: StepContext, present_2d: int, present_3d: int) -> tuple:
+        """Stage 1's split of this step's budget, moved to the other modality where short."""
+        k_2d, k_3d = self._modality_split(ctx, ctx.target)
+        if k_3d > present_3d:
+            k_2d, k_3d = k_2d + k_3d - present_3d, present_3d
+        if k_2d > present_2d:
+            k_2d, k_3d = present_2d, k_3d + k_2d - present_2d
+        return k_2d, k_3d
+
     def before_llm(self, ctx: StepContext) -> Optional[torch.Tensor]:
         """Stage 1 (+ stage-3 fusion): per-modality thresholds on carried salience."""
         if not self.config.stage1:
@@ -371,14 +384,17 @@ class TriStagePruner(Pruner):
         named = self._pointer_bonus(ctx.pointer_mass()) if self.config.pointer_protect else None
         if named is not None:
             scores[is_3d] += named[positions[is_3d] - layout.n_2d]
+        floor_2d, floor_3d = ctx.floor_2d, ctx.floor_3d
+        if self.config.stage2_split:
+            floor_2d, floor_3d = self._present_split(ctx, int((~is_3d).sum()), int(is_3d.sum()))
         # First pass without overlap; then 3D tokens whose patch made the cut lose the overlap.
-        kept = select_top_k(scores, is_3d, ctx.target, ctx.floor_2d, ctx.floor_3d)
+        kept = select_top_k(scores, is_3d, ctx.target, floor_2d, floor_3d)
         kept_2d_patches = torch.zeros(layout.n_visual, dtype=torch.bool)
         kept_2d_patches[positions[kept[~is_3d[kept]]]] = True
         covered = linked.clone()
         covered[linked.clone()] = kept_2d_patches[patch[linked]]
         scores = scores - self.config.overlap_discount * overlap * covered.float()
-        kept = select_top_k(scores, is_3d, ctx.target, ctx.floor_2d, ctx.floor_3d)
+        kept = select_top_k(scores, is_3d, ctx.target, floor_2d, floor_3d)
         kept_visual = positions[kept]
         ctx.record_stage('stage2_semantic', kept_visual)
         return kept_visual

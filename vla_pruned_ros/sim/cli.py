@@ -11,10 +11,12 @@ from pathlib import Path
 import sys
 
 # Kept literal so that building the parser imports no MuJoCo; a test checks them against
-# vla_pruned_ros.sim.tasks.FAMILIES / SPLITS and vla_pruned_ros.sim.record.STORAGES.
+# vla_pruned_ros.sim.tasks.FAMILIES / SPLITS, vla_pruned_ros.sim.record.STORAGES and
+# vla_pruned_ros.sim.expert.TOLERANCES.
 FAMILY_CHOICES = ('reach', 'push', 'pick')
 SPLIT_CHOICES = ('train', 'heldout')
 STORAGE_CHOICES = ('mcap', 'sqlite3')
+TOLERANCE_CHOICES = ('strict', 'loose')
 # The shipped reference policy (trained with `vla-pruned-ros train`, see docs/training.md).
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[2] / 'models' / 'default'
 
@@ -62,6 +64,24 @@ def _add_record_parser(sim_commands: 'argparse._SubParsersAction') -> None:
     record.add_argument(
         '--no-compress', dest='compress', action='store_false',
         help='write uncompressed (default: zstd, MCAP chunks or sqlite3 messages)',
+    )
+    record.add_argument(
+        '--expert-tolerance', choices=TOLERANCE_CHOICES, default='strict',
+        help='how precisely the experts align before descending / lowering (default: strict)',
+    )
+    record.add_argument(
+        '--policy', default=None, metavar='MODEL_DIR',
+        help='DAgger data: this policy acts (dense, on the CPU) and the expert only labels '
+             'the states it reaches (default: the expert acts)',
+    )
+    record.add_argument(
+        '--execute-steps', type=int, default=4,
+        help='with --policy: actions executed per predicted chunk (default: 4, as sim eval)',
+    )
+    record.add_argument(
+        '--expert-share', type=float, default=0.0,
+        help="with --policy: share of chunks the expert executes instead (DAgger's beta, "
+             'default: 0)',
     )
     record.set_defaults(_sim_run=_run_record)
 
@@ -116,9 +136,21 @@ def add_parser(subparsers: 'argparse._SubParsersAction') -> argparse.ArgumentPar
 
 
 def _run_record(args: argparse.Namespace) -> int:
+    from vla_pruned_ros.model.checkpoint import CheckpointError
     from vla_pruned_ros.sim.record import RecordError, record_episodes
 
+    if args.policy is None and (args.expert_share != 0.0 or args.execute_steps != 4):
+        print('vla-pruned-ros sim record: error: --execute-steps and --expert-share drive a '
+              'policy: give --policy MODEL_DIR', file=sys.stderr)
+        return 2
     try:
+        driver = None
+        if args.policy is not None:
+            from vla_pruned_ros.policy import Policy
+            from vla_pruned_ros.sim.dagger import PolicyDriver
+
+            driver = PolicyDriver(Policy.from_pretrained(args.policy, device='cpu'),
+                                  args.execute_steps, args.expert_share, seed=args.seed)
         summary = record_episodes(
             args.out,
             families=args.families,
@@ -133,15 +165,17 @@ def _run_record(args: argparse.Namespace) -> int:
             yaw_noise=args.yaw_noise,
             compress=args.compress,
             progress=True,
+            driver=driver,
+            expert_tolerance=args.expert_tolerance,
         )
-    except (RecordError, ValueError) as err:
+    except (CheckpointError, RecordError, ValueError) as err:
         print(f'vla-pruned-ros sim record: error: {err}', file=sys.stderr)
         return 2
     steps = sum(e['steps'] for e in summary.episodes)
     print(
         f'wrote {summary.path} ({summary.storage}, {summary.size_bytes / 1e6:.1f} MB): '
-        f'{len(summary.episodes)} episodes, {steps} steps, expert success '
-        f'{summary.success_rate:.0%}'
+        f'{len(summary.episodes)} episodes, {steps} steps, '
+        f'{"expert" if args.policy is None else "policy"} success {summary.success_rate:.0%}'
     )
     return 0
 

@@ -15,7 +15,7 @@ latency, mean visual tokens kept (2D, 3D) and the FLOPs ratio. ``write_report`` 
 tokens kept, one line per pruner, one panel per family).
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 import json
 from pathlib import Path
@@ -99,14 +99,23 @@ class EvalReport:
 def run_policy_episode(
     policy: Any, family: str, seed: int, split: str, execute_steps: int = EXECUTE_STEPS,
     points_stride: int = POINTS_STRIDE,
+    on_reset: Optional[Callable[[TabletopEnv], None]] = None,
 ) -> EpisodeResult:
-    """Run one closed-loop episode of ``family`` / ``seed`` with ``policy`` and return it."""
+    """
+    Run one closed-loop episode of ``family`` / ``seed`` with ``policy`` and return it.
+
+    ``on_reset(env)``, if given, is called once the scene is reset, before the first step (a
+    diagnostic that reads the simulator, such as :class:`vla_pruned_ros.sim.oracle.
+    OraclePointer`, attaches there).
+    """
     size = policy.config.vision.image_size
     latencies, kept_2d, kept_3d, flops = [], [], [], []
     policy.reset()
     with TabletopEnv(family, seed, split, image_size=(size, size),
                      points_stride=points_stride) as env:
         observation = env.reset()
+        if on_reset is not None:
+            on_reset(env)
         done = env.success
         while not done:
             actions, stats = policy.step(observation)

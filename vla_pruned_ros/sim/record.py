@@ -23,13 +23,16 @@ episode starts ``EPISODE_GAP_NS`` after the previous one ended, so episodes neve
 
 The recorded actions are the expert's clean labels; with noise on, the executed (perturbed)
 actions only shape which states are visited (see :mod:`vla_pruned_ros.sim.expert`).
+With a driving policy (``sim record --policy MODEL``, :mod:`vla_pruned_ros.sim.dagger`) the
+policy's actions are executed and the expert's labels of the states it reaches are recorded:
+DAgger data, in the same format (the ``/episode`` metadata says ``"driver": "policy"``).
 """
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -43,6 +46,7 @@ from vla_pruned_ros.convert import (
     rosbags_types,
 )
 from vla_pruned_ros.observation import Observation
+from vla_pruned_ros.sim.dagger import PolicyDriver
 from vla_pruned_ros.sim.env import (
     ACTION_DIM,
     ACTION_NAMES,
@@ -53,7 +57,13 @@ from vla_pruned_ros.sim.env import (
     WORLD_FRAME_ID,
     TabletopEnv,
 )
-from vla_pruned_ros.sim.expert import Episode, action_chunks, make_expert, run_episode
+from vla_pruned_ros.sim.expert import (
+    TOLERANCES,
+    Episode,
+    action_chunks,
+    make_expert,
+    run_episode,
+)
 from vla_pruned_ros.sim.tasks import FAMILIES, SPLITS
 
 STORAGES = ('mcap', 'sqlite3')
@@ -223,6 +233,8 @@ def record_episodes(
     yaw_noise: float = 0.015,
     compress: bool = True,
     progress: bool = False,
+    driver: Optional[PolicyDriver] = None,
+    expert_tolerance: str = 'strict',
 ) -> RecordSummary:
     """
     Roll out ``episodes`` expert episodes per family and write them to a new bag.
@@ -230,8 +242,11 @@ def record_episodes(
     Episode i of each family uses task seed ``seed + i``; families alternate (reach 0,
     push 0, pick 0, reach 1, ...). ``out_path`` is the bag folder and must not exist.
     ``compress`` compresses with zstd: MCAP chunks (read transparently by any MCAP reader) or,
-    for sqlite3, each message. ``progress`` shows a tqdm bar. Raises ``RecordError`` on bad
-    arguments.
+    for sqlite3, each message. ``progress`` shows a tqdm bar. With a ``driver``
+    (:class:`vla_pruned_ros.sim.dagger.PolicyDriver`) the policy acts and the expert only labels
+    (DAgger data); its policy must read images of ``image_size``. ``expert_tolerance`` is the
+    experts' alignment tolerance (:data:`vla_pruned_ros.sim.expert.TOLERANCES`). Raises
+    ``RecordError`` on bad arguments.
     """
     from rosbags.rosbag2 import StoragePlugin, Writer
     from rosbags.rosbag2.enums import CompressionFormat, CompressionMode
@@ -248,6 +263,14 @@ def record_episodes(
         raise RecordError(f'unknown or no families {list(families)}; known: {list(FAMILIES)}')
     if int(episodes) < 1:
         raise RecordError(f'episodes must be at least 1, got {episodes}')
+    if expert_tolerance not in TOLERANCES:
+        raise RecordError(f'unknown expert tolerance {expert_tolerance!r}; choose one of '
+                          f'{list(TOLERANCES)}')
+    if driver is not None:
+        size = driver.policy.config.vision.image_size
+        if tuple(image_size) != (size, size):
+            raise RecordError(f'the driving policy reads {size} x {size} images, the recording '
+                              f'renders {image_size[0]} x {image_size[1]}')
     plugin = StoragePlugin.MCAP if storage == 'mcap' else StoragePlugin.SQLITE3
     jobs = [(family, int(seed) + i) for i in range(int(episodes)) for family in families]
     bar = None
@@ -270,8 +293,9 @@ def record_episodes(
                 family, task_seed, split, image_size=image_size, control_dt=control_dt,
                 points_stride=points_stride, start_ns=start_ns,
             ) as env:
-                expert = make_expert(family, translation_noise, yaw_noise, seed=task_seed)
-                episode = run_episode(env, expert)
+                expert = make_expert(family, translation_noise, yaw_noise, seed=task_seed,
+                                     tolerance=expert_tolerance)
+                episode = run_episode(env, expert, driver=driver)
                 metadata = {
                     'index': index,
                     **episode.task_metadata,
@@ -282,6 +306,8 @@ def record_episodes(
                     'image_size': list(env.image_size),
                     'translation_noise': translation_noise,
                     'yaw_noise': yaw_noise,
+                    'driver': 'expert' if driver is None else 'policy',
+                    'expert_tolerance': expert_tolerance,
                     'camera_frame': CAMERA_FRAME_ID,
                     'world_frame': WORLD_FRAME_ID,
                     'camera_to_world': env.camera_to_world().round(6).tolist(),
