@@ -100,7 +100,7 @@ class RecordSummary:
 
     @property
     def success_rate(self) -> float:
-        """Fraction of recorded episodes the expert solved."""
+        """Fraction of recorded episodes solved by whoever acted (expert, or policy for DAgger)."""
         if not self.episodes:
             return 0.0
         return sum(e['success'] for e in self.episodes) / len(self.episodes)
