@@ -90,6 +90,7 @@ def test_cli_records_policy_rollouts_the_trainer_reads(tmp_path, capsys, policy)
     assert 'policy success' in capsys.readouterr().out
     [meta] = read_episode_metadata(out)
     assert meta['driver'] == 'policy' and meta['family'] == 'reach'
+    assert meta['policy_steps'] == -(-meta['steps'] // 4)  # one chunk per 4 executed steps
     samples = load_samples([out], policy.model)
     # Every recorded state but the last carries the expert's chunk: one sample per step.
     assert len(samples) == meta['steps']

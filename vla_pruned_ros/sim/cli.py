@@ -83,6 +83,15 @@ def _add_record_parser(sim_commands: 'argparse._SubParsersAction') -> None:
         help="with --policy: share of chunks the expert executes instead (DAgger's beta, "
              'default: 0)',
     )
+    record.add_argument(
+        '--excursions', type=float, default=0.0, metavar='P',
+        help="per-step probability of a random detour off the expert's path, the expert "
+             'labelling its recovery (default: 0, none; not with --policy)',
+    )
+    record.add_argument(
+        '--excursion-steps', type=int, default=3,
+        help='with --excursions: longest detour, control steps (default: 3)',
+    )
     record.set_defaults(_sim_run=_run_record)
 
 
@@ -143,8 +152,20 @@ def _run_record(args: argparse.Namespace) -> int:
         print('vla-pruned-ros sim record: error: --execute-steps and --expert-share drive a '
               'policy: give --policy MODEL_DIR', file=sys.stderr)
         return 2
+    if args.excursions and args.policy is not None:
+        print('vla-pruned-ros sim record: error: --excursions detours the expert; a --policy '
+              'recording is driven by the policy', file=sys.stderr)
+        return 2
+    if args.excursion_steps != 3 and not args.excursions:
+        print('vla-pruned-ros sim record: error: --excursion-steps needs --excursions P',
+              file=sys.stderr)
+        return 2
     try:
         driver = None
+        if args.excursions:
+            from vla_pruned_ros.sim.excursion import ExcursionDriver
+
+            driver = ExcursionDriver(args.excursions, args.excursion_steps, seed=args.seed)
         if args.policy is not None:
             from vla_pruned_ros.policy import Policy
             from vla_pruned_ros.sim.dagger import PolicyDriver
@@ -172,10 +193,12 @@ def _run_record(args: argparse.Namespace) -> int:
         print(f'vla-pruned-ros sim record: error: {err}', file=sys.stderr)
         return 2
     steps = sum(e['steps'] for e in summary.episodes)
+    detours = sum(e.get('detour_steps', 0) for e in summary.episodes)
+    detour_share = f' ({detours / max(steps, 1):.0%} of them detours)' if args.excursions else ''
     print(
         f'wrote {summary.path} ({summary.storage}, {summary.size_bytes / 1e6:.1f} MB): '
-        f'{len(summary.episodes)} episodes, {steps} steps, '
-        f'{"expert" if args.policy is None else "policy"} success {summary.success_rate:.0%}'
+        f'{len(summary.episodes)} episodes, {steps} steps{detour_share}, '
+        f'{"policy" if args.policy else "expert"} success {summary.success_rate:.0%}'
     )
     return 0
 

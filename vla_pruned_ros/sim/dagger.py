@@ -33,6 +33,8 @@ class PolicyDriver:
     the expert's own (perturbed) actions instead. Call :meth:`reset` at every episode start.
     """
 
+    name = 'policy'
+
     def __init__(
         self, policy: Any, execute_steps: int = 4, expert_share: float = 0.0,
         seed: Optional[int] = None,
@@ -48,6 +50,11 @@ class PolicyDriver:
         self._queue: deque = deque()
         self._expert_span = 0
         self.policy_steps = 0
+
+    def describe(self) -> dict[str, Any]:
+        """What the recorder writes into each episode's metadata, after the episode."""
+        return {'driver': self.name, 'execute_steps': self.execute_steps,
+                'expert_share': self.expert_share, 'policy_steps': self.policy_steps}
 
     def reset(self) -> None:
         """Forget the current chunk and reset the policy (every episode start)."""

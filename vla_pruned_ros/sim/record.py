@@ -26,13 +26,16 @@ actions only shape which states are visited (see :mod:`vla_pruned_ros.sim.expert
 With a driving policy (``sim record --policy MODEL``, :mod:`vla_pruned_ros.sim.dagger`) the
 policy's actions are executed and the expert's labels of the states it reaches are recorded:
 DAgger data, in the same format (the ``/episode`` metadata says ``"driver": "policy"``).
+With excursions (``sim record --excursions P``, :mod:`vla_pruned_ros.sim.excursion`) random
+detours break the expert's path now and then and the expert's recoveries are recorded
+(``"driver": "excursion"``).
 """
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import numpy as np
 
@@ -57,6 +60,7 @@ from vla_pruned_ros.sim.env import (
     WORLD_FRAME_ID,
     TabletopEnv,
 )
+from vla_pruned_ros.sim.excursion import ExcursionDriver
 from vla_pruned_ros.sim.expert import (
     TOLERANCES,
     Episode,
@@ -67,6 +71,8 @@ from vla_pruned_ros.sim.expert import (
 from vla_pruned_ros.sim.tasks import FAMILIES, SPLITS
 
 STORAGES = ('mcap', 'sqlite3')
+# What may decide the executed actions instead of the expert (the expert always labels).
+Driver = Union[PolicyDriver, ExcursionDriver]
 CHUNK_HORIZON = 8
 EPISODE_GAP_NS = 1_000_000_000
 # Depth pixels farther than this do not fit 16UC1 millimetres and are written as 0 (invalid).
@@ -233,7 +239,7 @@ def record_episodes(
     yaw_noise: float = 0.015,
     compress: bool = True,
     progress: bool = False,
-    driver: Optional[PolicyDriver] = None,
+    driver: Optional[Driver] = None,
     expert_tolerance: str = 'strict',
 ) -> RecordSummary:
     """
@@ -244,9 +250,10 @@ def record_episodes(
     ``compress`` compresses with zstd: MCAP chunks (read transparently by any MCAP reader) or,
     for sqlite3, each message. ``progress`` shows a tqdm bar. With a ``driver``
     (:class:`vla_pruned_ros.sim.dagger.PolicyDriver`) the policy acts and the expert only labels
-    (DAgger data); its policy must read images of ``image_size``. ``expert_tolerance`` is the
-    experts' alignment tolerance (:data:`vla_pruned_ros.sim.expert.TOLERANCES`). Raises
-    ``RecordError`` on bad arguments.
+    (DAgger data); its policy must read images of ``image_size``. With an
+    :class:`vla_pruned_ros.sim.excursion.ExcursionDriver` random detours interrupt the expert.
+    ``expert_tolerance`` is the experts' alignment tolerance
+    (:data:`vla_pruned_ros.sim.expert.TOLERANCES`). Raises ``RecordError`` on bad arguments.
     """
     from rosbags.rosbag2 import StoragePlugin, Writer
     from rosbags.rosbag2.enums import CompressionFormat, CompressionMode
@@ -266,7 +273,7 @@ def record_episodes(
     if expert_tolerance not in TOLERANCES:
         raise RecordError(f'unknown expert tolerance {expert_tolerance!r}; choose one of '
                           f'{list(TOLERANCES)}')
-    if driver is not None:
+    if isinstance(driver, PolicyDriver):
         size = driver.policy.config.vision.image_size
         if tuple(image_size) != (size, size):
             raise RecordError(f'the driving policy reads {size} x {size} images, the recording '
@@ -306,7 +313,8 @@ def record_episodes(
                     'image_size': list(env.image_size),
                     'translation_noise': translation_noise,
                     'yaw_noise': yaw_noise,
-                    'driver': 'expert' if driver is None else 'policy',
+                    'driver': 'expert',
+                    **(driver.describe() if driver is not None else {}),
                     'expert_tolerance': expert_tolerance,
                     'camera_frame': CAMERA_FRAME_ID,
                     'world_frame': WORLD_FRAME_ID,
