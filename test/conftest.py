@@ -46,3 +46,19 @@ def single_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def sim_cli():
+    """Run ``vla-pruned-ros sim ARGS...`` in this process; the callable returns the exit status."""
+    import argparse
+
+    from vla_pruned_ros.sim import cli
+
+    parser = argparse.ArgumentParser(prog='vla-pruned-ros')
+    cli.add_parser(parser.add_subparsers(dest='command'))
+
+    def run(*argv: str) -> int:
+        return cli.run(parser.parse_args(['sim', *argv]))
+
+    return run

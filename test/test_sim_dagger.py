@@ -1,7 +1,5 @@
 """DAgger recording: the shipped policy acts, the scripted expert labels every state it reaches."""
 
-import argparse
-
 import numpy as np
 import pytest
 
@@ -77,16 +75,13 @@ def test_driver_refuses_bad_settings(policy):
                         driver=PolicyDriver(policy))
 
 
-def test_cli_records_policy_rollouts_the_trainer_reads(tmp_path, capsys, policy):
-    parser = argparse.ArgumentParser(prog='vla-pruned-ros')
-    cli.add_parser(parser.add_subparsers(dest='command'))
+def test_cli_records_policy_rollouts_the_trainer_reads(tmp_path, capsys, policy, sim_cli):
     out = tmp_path / 'dagger'
-    args = parser.parse_args([
-        'sim', 'record', '--out', str(out), '--families', 'reach', '--episodes', '1',
+    assert sim_cli(
+        'record', '--out', str(out), '--families', 'reach', '--episodes', '1',
         '--seed', '5', '--image-size', str(SIZE), str(SIZE), '--points-stride', '2',
         '--policy', str(cli.DEFAULT_MODEL_DIR),
-    ])
-    assert cli.run(args) == 0
+    ) == 0
     assert 'policy success' in capsys.readouterr().out
     [meta] = read_episode_metadata(out)
     assert meta['driver'] == 'policy' and meta['family'] == 'reach'
@@ -94,14 +89,9 @@ def test_cli_records_policy_rollouts_the_trainer_reads(tmp_path, capsys, policy)
     samples = load_samples([out], policy.model)
     # Every recorded state but the last carries the expert's chunk: one sample per step.
     assert len(samples) == meta['steps']
-    bad = parser.parse_args([
-        'sim', 'record', '--out', str(tmp_path / 'bad'), '--policy', str(tmp_path / 'none'),
-    ])
-    assert cli.run(bad) == 2
+    assert sim_cli('record', '--out', str(tmp_path / 'bad'), '--policy',
+                   str(tmp_path / 'none')) == 2
     assert 'error' in capsys.readouterr().err
-    no_policy = parser.parse_args([
-        'sim', 'record', '--out', str(tmp_path / 'mixed'), '--expert-share', '0.5',
-    ])
-    assert cli.run(no_policy) == 2
+    assert sim_cli('record', '--out', str(tmp_path / 'mixed'), '--expert-share', '0.5') == 2
     assert 'give --policy' in capsys.readouterr().err
     assert not (tmp_path / 'mixed').exists()

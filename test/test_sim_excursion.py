@@ -1,7 +1,5 @@
 """Excursion recording: random detours break the expert's path, the expert labels the recovery."""
 
-import argparse
-
 import numpy as np
 import pytest
 
@@ -61,16 +59,13 @@ def test_bad_settings_are_refused(settings, message):
         ExcursionDriver(**settings)
 
 
-def test_cli_records_excursions_and_refuses_them_with_a_policy(tmp_path, capsys):
-    parser = argparse.ArgumentParser(prog='vla-pruned-ros')
-    cli.add_parser(parser.add_subparsers(dest='command'))
+def test_cli_records_excursions_and_refuses_them_with_a_policy(tmp_path, capsys, sim_cli):
     out = tmp_path / 'excursions'
-    args = parser.parse_args([
-        'sim', 'record', '--out', str(out), '--families', 'push', '--episodes', '1',
+    assert sim_cli(
+        'record', '--out', str(out), '--families', 'push', '--episodes', '1',
         '--seed', '2', '--image-size', str(SIZE), str(SIZE), '--excursions', '0.3',
         '--excursion-steps', '2',
-    ])
-    assert cli.run(args) == 0
+    ) == 0
     printed = capsys.readouterr().out
     assert 'expert success' in printed and 'of them detours' in printed
     [meta] = read_episode_metadata(out)
@@ -82,7 +77,6 @@ def test_cli_records_excursions_and_refuses_them_with_a_policy(tmp_path, capsys)
         (['--excursion-steps', '5'], 'needs --excursions'),
         (['--excursions', '1.5'], 'probability'),
     ):
-        bad = parser.parse_args(['sim', 'record', '--out', str(tmp_path / 'bad'), *flags])
-        assert cli.run(bad) == 2
+        assert sim_cli('record', '--out', str(tmp_path / 'bad'), *flags) == 2
         assert message in capsys.readouterr().err
         assert not (tmp_path / 'bad').exists()

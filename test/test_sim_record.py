@@ -1,6 +1,5 @@
 """Recorded expert bags read back with rosbags: topics, stamps, images and the ActionChunk."""
 
-import argparse
 from collections import defaultdict
 import json
 
@@ -161,22 +160,18 @@ def test_recording_refuses_bad_arguments(tmp_path):
         record_episodes(tmp_path / 'c', ['reach'], 1, expert_tolerance='sloppy')
 
 
-def test_cli_choices_match_the_library_and_record_runs(tmp_path, capsys):
+def test_cli_choices_match_the_library_and_record_runs(tmp_path, capsys, sim_cli):
     assert cli.FAMILY_CHOICES == FAMILIES
     assert cli.SPLIT_CHOICES == SPLITS
     assert cli.STORAGE_CHOICES == STORAGES
     assert cli.TOLERANCE_CHOICES == TOLERANCES
-    parser = argparse.ArgumentParser(prog='vla-pruned-ros')
-    cli.add_parser(parser.add_subparsers(dest='command'))
     out = tmp_path / 'cli_bag'
-    args = parser.parse_args([
-        'sim', 'record', '--out', str(out), '--families', 'reach', '--episodes', '1',
-        '--split', 'heldout', '--seed', '4', '--storage', 'sqlite3', '--image-size', '32', '24',
-    ])
-    assert cli.run(args) == 0
+    argv = ('record', '--out', str(out), '--families', 'reach', '--episodes', '1', '--split',
+            'heldout', '--seed', '4', '--storage', 'sqlite3', '--image-size', '32', '24')
+    assert sim_cli(*argv) == 0
     assert 'expert success 100%' in capsys.readouterr().out
     [meta] = read_episode_metadata(out)
     assert (meta['family'], meta['split'], meta['seed']) == ('reach', 'heldout', 4)
     assert meta['image_size'] == [32, 24]
-    assert cli.run(args) == 2  # the folder exists now
+    assert sim_cli(*argv) == 2  # the folder exists now
     assert 'already exists' in capsys.readouterr().err
