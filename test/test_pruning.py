@@ -267,6 +267,38 @@ def test_tri_stage_pointer_protect_keeps_the_groups_the_pointers_name(policy):
     assert not named <= set(stats.kept_3d)
 
 
+def test_tri_stage_pointer_first_keeps_the_groups_this_steps_pointers_name(policy):
+    """pointer_first: the pointers score every group before stage 1, which keeps the named."""
+    previous, current = make_observation(0), make_observation(1)
+    policy.configure('dense')
+    policy.reset()
+    policy.step(current)
+    dense_pointer = policy.last_pointer
+    mass = torch.softmax(dense_pointer.logits[0].float(), dim=-1).sum(dim=0).numpy()
+    named = set(np.argsort(-mass)[:3].tolist())
+    threshold = float(np.sort(mass)[-3])
+    kept = {}
+    for first in (True, False):
+        pruner = create_pruner('tri_stage', pointer_protect=True, pointer_first=first,
+                               pointer_min_mass=threshold)
+        policy.configure(pruner, Budget(tokens=12, floor_3d=0))
+        policy.reset()
+        assert policy.step(previous)[1].full_step  # the carried pointer is of another scene
+        _, stats = policy.step(current)
+        assert not stats.full_step
+        kept[first] = set(stats.kept_3d)
+        scored = policy.last_pointer.logits.shape[-1]
+        if first:  # the pointers saw what the dense policy's saw, and answered alike
+            assert scored == len(mass)
+            torch.testing.assert_close(policy.last_pointer.points, dense_pointer.points)
+        else:
+            assert scored == stats.stages[0][2] < len(mass)  # stage 1's 3D survivors
+    assert named <= kept[True]
+    assert not named <= kept[False]
+    with pytest.raises(ValueError, match='pointer_protect'):
+        create_pruner('tri_stage', pointer_first=True)
+
+
 def test_every_registered_pruner_is_covered_by_a_contract_test():
     from test_methods_framework import METHODS
 

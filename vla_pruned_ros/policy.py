@@ -181,7 +181,7 @@ class Policy:
 
     def _encode_3d(
         self, groups: PointGroups, keep_3d: torch.Tensor, reuse: Optional[KVReuse], n_2d: int,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor, pointed: Optional[tuple] = None,
     ) -> tuple[torch.Tensor, Optional[PointerOutput], np.ndarray]:
         """
         Decoder tokens [1, n, width] of the kept groups, the pointer's output, the groups it saw.
@@ -190,22 +190,34 @@ class Policy:
         3D group index of each of its logits' columns (``StepContext.pointer_groups``).
 
         The pointer reads the kept groups plus those whose keys/values are reused from an
-        earlier step: reuse saves decoder work, and the pointer has no cache to take them from,
-        so their (cheap) point-encoder tokens are computed for it.
+        earlier step: reuse saves decoder work, and the pointer has no cache to take them from
+        (it reads the groups' descriptors, not their encoder tokens). ``pointed`` is the
+        (output, groups) of pointers already run over every group (``pointer_first``).
         """
+        centres, neighbourhoods = self._group_tensors(groups, keep_3d.numpy())
+        tokens = self.model.encode_3d(neighbourhoods, centres)
+        if pointed is not None:
+            return tokens, pointed[0], pointed[1]
         seen = keep_3d
         if self.model.pointer is not None and reuse is not None:
             reused = reuse.positions.cpu()
             seen = torch.unique(torch.cat([keep_3d, reused[reused >= n_2d] - n_2d]))
         rows = seen.numpy()
+        return tokens, self.model.point(input_ids, *self._group_tensors(groups, rows)), rows
+
+    def _group_tensors(self, groups: PointGroups, rows: np.ndarray) -> tuple:
+        """Centres [1, n, 3] and neighbourhoods [1, n, k, c] of the given 3D groups."""
         centres = torch.as_tensor(groups.centres[rows]).to(self.device, self.dtype).unsqueeze(0)
         neighbourhoods = torch.as_tensor(groups.neighbourhoods[rows]).to(
             self.device, self.dtype).unsqueeze(0)
-        tokens = self.model.encode_3d(neighbourhoods, centres)
-        pointer = self.model.point(input_ids, centres, neighbourhoods)
-        if seen.numel() != keep_3d.numel():
-            tokens = tokens[:, torch.isin(seen, keep_3d).to(self.device)]
-        return tokens, pointer, rows
+        return centres, neighbourhoods
+
+    def _point_all(
+        self, groups: PointGroups, input_ids: torch.Tensor
+    ) -> tuple[Optional[PointerOutput], np.ndarray]:
+        """The pointers' output over every 3D group (``StepPlan.pointer_first``)."""
+        rows = np.arange(len(groups.centres))
+        return self.model.point(input_ids, *self._group_tensors(groups, rows)), rows
 
     @torch.inference_mode()
     def step(self, observation: Observation) -> tuple[np.ndarray, StepStats]:
@@ -252,8 +264,15 @@ class Policy:
             num_layers=self.runner.num_layers,
         )
 
+        ids = torch.tensor([input_ids], device=self.device)
         mark = self._timer()
         ctx.plan = self.pruner.plan(ctx)
+        pointed = None
+        if ctx.plan.pointer_first and not ctx.plan.full_step and model.pointer is not None:
+            overhead += self._timer() - mark  # the pointers are model work, not the pruner's
+            pointed = self._point_all(groups, ids)
+            ctx.pointer_logits, ctx.pointer_groups = pointed[0].logits[0], pointed[1]
+            mark = self._timer()
         keep = None if ctx.plan.full_step else self.pruner.before_llm(ctx)
         keep = self._check_keep(keep, torch.arange(layout.n_visual), layout)
         reuse = None if ctx.plan.full_step else self._check_reuse(ctx.plan.reuse, keep, layout)
@@ -262,9 +281,8 @@ class Policy:
         keep_2d = keep[keep < layout.n_2d]
         keep_3d = keep[keep >= layout.n_2d] - layout.n_2d
         tokens_2d = model.project_2d_tokens(features_2d[keep_2d.to(self.device)].unsqueeze(0))
-        ids = torch.tensor([input_ids], device=self.device)
         tokens_3d, pointer, ctx.pointer_groups = self._encode_3d(groups, keep_3d, reuse,
-                                                                 layout.n_2d, ids)
+                                                                 layout.n_2d, ids, pointed)
         ctx.pointer_logits = None if pointer is None else pointer.logits[0]
         proprio = self._proprio(observation)
         self.last_pointer = pointer
@@ -322,7 +340,7 @@ class Policy:
         keys_per_layer = [n + run.n_reused for n in run.tokens_per_layer]
         flops_actual = self.flops.step(
             layout.n_2d, layout.n_3d, int(keep_2d.numel()), int(keep_3d.numel()),
-            run.tokens_per_layer,
+            run.tokens_per_layer, n_3d_pointed=len(ctx.pointer_groups),
         ) + self.flops.probes(ctx.plan.probes, keys_per_layer, layout)
         if run.n_reused:
             shape = self.flops.decoder

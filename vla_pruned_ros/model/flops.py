@@ -213,7 +213,7 @@ class FlopsModel:
         return sum(self.decoder.layer_flops(n) for n in tokens_per_layer)
 
     def pointers(self, n_groups: int) -> float:
-        """The pointers over the 3D groups the decoder reads (0 for a model without them)."""
+        """The pointers over the 3D groups they score (0 for a model without them)."""
         return 0.0 if self.pointer is None else self.pointer.flops(n_groups)
 
     def action_head(self) -> float:
@@ -236,14 +236,20 @@ class FlopsModel:
         n_2d_projected: int,
         n_3d_encoded: int,
         tokens_per_layer: list[int],
+        n_3d_pointed: Optional[int] = None,
     ) -> float:
-        """A whole step: tower on all patches, 3D encoder and projectors on what was kept."""
+        """
+        A whole step: tower on all patches, 3D encoder and projectors on what was kept.
+
+        The pointers score ``n_3d_pointed`` groups (default: the encoded ones).
+        """
         del n_3d_in  # grouping is geometry only; encoding is what costs
+        pointed = n_3d_encoded if n_3d_pointed is None else n_3d_pointed
         return (
             self.vision_tower(n_2d_in)
             + self.encoder_3d(n_3d_encoded)
             + self.projectors(n_2d_projected, n_3d_encoded)
-            + self.pointers(n_3d_encoded)
+            + self.pointers(pointed)
             + self.decoder_layers(tokens_per_layer)
             + self.action_head()
         )

@@ -56,6 +56,10 @@ class StepPlan:
     full_step: bool = False  # run unpruned (episode start, keyframe, segment boundary)
     capture_kv: bool = False  # return this step's per-layer visual keys/values
     reuse: Optional[KVReuse] = None  # visual tokens taken from a cache (pruned steps only)
+    # Score every 3D group with the model's instruction pointers before ``before_llm`` (models
+    # with pointers; pruned steps), so a pruner can keep what the instruction names this step.
+    # The pointers' output then covers every group; the decoder still reads only what is kept.
+    pointer_first: bool = False
 
 
 @dataclass
@@ -70,7 +74,8 @@ class StepContext:
     2D/3D tokens each pruning stage left (pruners append to it through :meth:`record_stage`).
     ``pointer_logits`` [pointers, scored groups] and ``pointer_groups`` (the 3D group index of
     each scored column) are set once the kept 3D groups are encoded, so from ``at_layer`` on,
-    for a model with instruction pointers; :meth:`pointer_mass` reads them.
+    for a model with instruction pointers (from ``before_llm`` on, over every group, when the
+    plan asks for ``pointer_first``); :meth:`pointer_mass` reads them.
     """
 
     step_index: int

@@ -26,7 +26,10 @@ Extension, off by default (``pointer_protect``) [G]: a policy with instruction p
 (``model/pointer.py``) says directly which 3D groups show what the instruction names, which is
 what stage 2's object grouping estimates from attention. With it on, those groups are kept
 first in stage 1 (from the previous step's pointer, as stage 3 carries salience) and stage 2
-(this step's).
+(this step's). With ``pointer_first`` as well, the pointers score every 3D group before
+stage 1 (they read group descriptors, not decoder features, so this costs only the pointers'
+own FLOPs on the dropped groups), and stage 1 keeps this step's named groups: the carried
+pointer only ever sees what the previous step kept, so one wrong step can lose the object.
 """
 
 from dataclasses import dataclass
@@ -100,6 +103,9 @@ class TriStageConfig(PrunerConfig):
     # pointer_min_mass of their probability (models with pointers; ignored without).
     pointer_protect: bool = False
     pointer_min_mass: float = 0.05
+    # Extension [G], with pointer_protect: stage 1 reads this step's pointers, run over every
+    # 3D group before the decoder (StepPlan.pointer_first), instead of the carried ones.
+    pointer_first: bool = False
 
     def __post_init__(self) -> None:
         if not (self.stage1 or self.stage2):
@@ -112,6 +118,8 @@ class TriStageConfig(PrunerConfig):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f'{name} must be in [0, 1], got {value}')
+        if self.pointer_first and not self.pointer_protect:
+            raise ValueError('pointer_first needs pointer_protect (it feeds its protection)')
         if self.window < 1 or self.stage2_slack < 0 or self.gamma <= 0:
             raise ValueError('window must be >= 1, stage2_slack >= 0 and gamma > 0')
 
@@ -225,7 +233,8 @@ class TriStagePruner(Pruner):
         if ctx.target >= ctx.layout.n_visual or self._new_segment or forced:
             return StepPlan(probes=probes, final_hidden=True, full_step=True)
         layers = {cfg.semantic_layer} if cfg.stage2 else set()
-        return StepPlan(probes=probes, prune_layers=layers, final_hidden=True)
+        return StepPlan(probes=probes, prune_layers=layers, final_hidden=True,
+                        pointer_first=cfg.pointer_first and cfg.stage1)
 
     # ---------------------------------------------------------------------------- stage 1
     def _carried_3d(self, values: Optional[np.ndarray]) -> Optional[np.ndarray]:
@@ -274,7 +283,10 @@ class TriStagePruner(Pruner):
             np.concatenate([self._salience_2d, salience_3d]), dtype=torch.float32
         )
         scores = scores + self._protection_bonus(ctx, k_2d, k_3d)
-        named = self._pointer_bonus(self._carried_3d(self._pointer_3d))
+        mass = ctx.pointer_mass() if self.config.pointer_first else None
+        if mass is None:  # the previous step's pointers, carried to this step's groups
+            mass = self._carried_3d(self._pointer_3d)
+        named = self._pointer_bonus(mass)
         if named is not None:
             scores[layout.n_2d:] += named
         is_3d = ctx.is_3d
