@@ -181,7 +181,8 @@ class Policy:
 
     def _encode_3d(
         self, groups: PointGroups, keep_3d: torch.Tensor, reuse: Optional[KVReuse], n_2d: int,
-        input_ids: torch.Tensor, pointed: Optional[tuple] = None,
+        input_ids: torch.Tensor,
+        pointed: Optional[tuple[Optional[PointerOutput], np.ndarray]] = None,
     ) -> tuple[torch.Tensor, Optional[PointerOutput], np.ndarray]:
         """
         Decoder tokens [1, n, width] of the kept groups, the pointer's output, the groups it saw.
@@ -202,8 +203,7 @@ class Policy:
         if self.model.pointer is not None and reuse is not None:
             reused = reuse.positions.cpu()
             seen = torch.unique(torch.cat([keep_3d, reused[reused >= n_2d] - n_2d]))
-        rows = seen.numpy()
-        return tokens, self.model.point(input_ids, *self._group_tensors(groups, rows)), rows
+        return (tokens, *self._point(groups, input_ids, seen.numpy()))
 
     def _group_tensors(self, groups: PointGroups, rows: np.ndarray) -> tuple:
         """Centres [1, n, 3] and neighbourhoods [1, n, k, c] of the given 3D groups."""
@@ -212,11 +212,10 @@ class Policy:
             self.device, self.dtype).unsqueeze(0)
         return centres, neighbourhoods
 
-    def _point_all(
-        self, groups: PointGroups, input_ids: torch.Tensor
+    def _point(
+        self, groups: PointGroups, input_ids: torch.Tensor, rows: np.ndarray
     ) -> tuple[Optional[PointerOutput], np.ndarray]:
-        """The pointers' output over every 3D group (``StepPlan.pointer_first``)."""
-        rows = np.arange(len(groups.centres))
+        """The pointers' output over the given 3D groups, and those groups."""
         return self.model.point(input_ids, *self._group_tensors(groups, rows)), rows
 
     @torch.inference_mode()
@@ -270,7 +269,7 @@ class Policy:
         pointed = None
         if ctx.plan.pointer_first and not ctx.plan.full_step and model.pointer is not None:
             overhead += self._timer() - mark  # the pointers are model work, not the pruner's
-            pointed = self._point_all(groups, ids)
+            pointed = self._point(groups, ids, np.arange(layout.n_3d))
             ctx.pointer_logits, ctx.pointer_groups = pointed[0].logits[0], pointed[1]
             mark = self._timer()
         keep = None if ctx.plan.full_step else self.pruner.before_llm(ctx)
