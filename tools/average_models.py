@@ -1,14 +1,14 @@
 """
 Average the weights of model directories of one architecture (a "model soup").
 
-Runs fine-tuned from the same starting model stay in one basin of the loss, so their weighted
-mean is itself a model; averaging two seeds of one recipe is a cheap way to cut the spread
-between trainings (docs/training.md, "The seed-25 model on the test seeds"). Every model must
+Runs fine-tuned from the same starting model usually stay close enough that their weighted
+mean is itself a working model; whether it is a better one has to be measured (here it was
+not: docs/training.md, "The seed-25 model on the test seeds"). Every model must
 have the same configuration (presets, sizes, pointers) and the same action normalisation:
 a mean of heads that regress differently scaled targets would be no model at all, so both are
 checked and a mismatch is refused. Integer buffers are taken from the first model.
 
-    python tools/average_models.py runs/30/model runs/34s25/model --out runs/soup/model
+    python tools/average_models.py models/default runs/34s25/model --out runs/soup/model
     python tools/average_models.py A B --weights 0.25 0.75 --out C
 """
 
