@@ -195,15 +195,21 @@ class Policy:
         (it reads the groups' descriptors, not their encoder tokens). ``pointed`` is the
         (output, groups) of pointers already run over every group (``pointer_first``).
         """
-        centres, neighbourhoods = self._group_tensors(groups, keep_3d.numpy())
-        tokens = self.model.encode_3d(neighbourhoods, centres)
         if pointed is not None:
-            return tokens, pointed[0], pointed[1]
+            centres, neighbourhoods = self._group_tensors(groups, keep_3d.numpy())
+            return self.model.encode_3d(neighbourhoods, centres), pointed[0], pointed[1]
         seen = keep_3d
         if self.model.pointer is not None and reuse is not None:
             reused = reuse.positions.cpu()
             seen = torch.unique(torch.cat([keep_3d, reused[reused >= n_2d] - n_2d]))
-        return (tokens, *self._point(groups, input_ids, seen.numpy()))
+        rows = seen.numpy()
+        # One copy of the groups the pointers read; the encoder takes the kept ones from it.
+        centres, neighbourhoods = self._group_tensors(groups, rows)
+        pointer = self.model.point(input_ids, centres, neighbourhoods)
+        if seen.numel() != keep_3d.numel():  # seen is sorted (unique), keep_3d in plan order
+            kept = torch.searchsorted(seen, keep_3d).to(self.device)
+            centres, neighbourhoods = centres[:, kept], neighbourhoods[:, kept]
+        return self.model.encode_3d(neighbourhoods, centres), pointer, rows
 
     def _group_tensors(self, groups: PointGroups, rows: np.ndarray) -> tuple:
         """Centres [1, n, 3] and neighbourhoods [1, n, k, c] of the given 3D groups."""
