@@ -92,6 +92,12 @@ def _add_record_parser(sim_commands: 'argparse._SubParsersAction') -> None:
         '--excursion-steps', type=int, default=3,
         help='with --excursions: longest detour, control steps (default: 3)',
     )
+    record.add_argument(
+        '--nudges', type=float, default=0.0, metavar='P',
+        help='per-step probability of moving the named object 1.5-5 cm while the gripper works '
+             'on it, the expert labelling what follows (default: 0, none; not with --policy '
+             'or --excursions)',
+    )
     record.set_defaults(_sim_run=_run_record)
 
 
@@ -156,6 +162,10 @@ def _run_record(args: argparse.Namespace) -> int:
         print('vla-pruned-ros sim record: error: --excursions detours the expert; a --policy '
               'recording is driven by the policy', file=sys.stderr)
         return 2
+    if args.nudges and (args.policy is not None or args.excursions):
+        print('vla-pruned-ros sim record: error: --nudges drives the expert on its own; not '
+              'with --policy or --excursions', file=sys.stderr)
+        return 2
     if args.excursion_steps != 3 and not args.excursions:
         print('vla-pruned-ros sim record: error: --excursion-steps needs --excursions P',
               file=sys.stderr)
@@ -166,6 +176,10 @@ def _run_record(args: argparse.Namespace) -> int:
             from vla_pruned_ros.sim.excursion import ExcursionDriver
 
             driver = ExcursionDriver(args.excursions, args.excursion_steps, seed=args.seed)
+        if args.nudges:
+            from vla_pruned_ros.sim.nudge import ObjectNudgeDriver
+
+            driver = ObjectNudgeDriver(args.nudges, seed=args.seed)
         if args.policy is not None:
             from vla_pruned_ros.policy import Policy
             from vla_pruned_ros.sim.dagger import PolicyDriver
@@ -195,6 +209,9 @@ def _run_record(args: argparse.Namespace) -> int:
     steps = sum(e['steps'] for e in summary.episodes)
     detours = sum(e.get('detour_steps', 0) for e in summary.episodes)
     detour_share = f' ({detours / max(steps, 1):.0%} of them detours)' if args.excursions else ''
+    if args.nudges:
+        nudges = sum(e.get('nudges', 0) for e in summary.episodes)
+        detour_share = f' ({nudges} object nudges)'
     print(
         f'wrote {summary.path} ({summary.storage}, {summary.size_bytes / 1e6:.1f} MB): '
         f'{len(summary.episodes)} episodes, {steps} steps{detour_share}, '

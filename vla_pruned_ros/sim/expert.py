@@ -355,12 +355,16 @@ def run_episode(
     With ``keep_observations=False`` only the first and last observation are kept (for quick
     success-rate measurements). With a ``driver`` (e.g. :class:`vla_pruned_ros.sim.dagger.
     PolicyDriver`, reset here) the driver decides what is executed, from the observation and
-    the expert's perturbed action, while the expert still labels every state (DAgger).
+    the expert's perturbed action, while the expert still labels every state (DAgger). A driver
+    with a ``bind`` method gets ``env`` after the reset (one that acts on the scene, such as
+    :class:`vla_pruned_ros.sim.nudge.ObjectNudgeDriver`).
     """
     observation = env.reset()
     expert.reset()
     if driver is not None and hasattr(driver, 'reset'):
         driver.reset()
+    if driver is not None and hasattr(driver, 'bind'):
+        driver.bind(env)  # drivers that act on the scene (sim.nudge)
     episode = Episode(task_metadata=env.task.metadata(), observations=[observation])
     done = False
     while not done:

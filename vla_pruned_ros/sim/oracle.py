@@ -30,6 +30,25 @@ ORACLE_LOGIT = 30.0
 TOP_MARGIN_M = 0.01
 
 
+def truth_labels(env: Any, name: str, world: np.ndarray) -> np.ndarray:
+    """
+    Which groups (world-frame centres [G, 3]) of ``env``'s scene lie on what ``name`` names.
+
+    ``name`` is a pointer target: 'object' (within 3 cm of the named object horizontally and
+    not above its top) or 'zone' (inside the named zone's disc; none when the task has none).
+    """
+    task, scene = env.task, env.scene
+    if name == 'object':
+        target = task.target_object
+        position = scene.object_position(target.name)
+        near = np.linalg.norm(world[:, :2] - position[:2], axis=1) <= GROUND_RADIUS_M
+        return near & (world[:, 2] <= position[2] + target.half_height + TOP_MARGIN_M)
+    zone = task.target_zone
+    if zone is None:
+        return np.zeros(len(world), bool)
+    return zone_groups(world, np.eye(4), np.array([zone.x, zone.y, zone.radius])) > 0
+
+
 class OraclePointer:
     """
     Wraps ``policy.model.point``: the chosen pointers' logits come from the simulator's truth.
@@ -61,17 +80,7 @@ class OraclePointer:
 
     def labels(self, name: str, world: np.ndarray) -> np.ndarray:
         """Which groups (world-frame centres [G, 3]) lie on what the pointer ``name`` names."""
-        task, scene = self.env.task, self.env.scene
-        if name == 'object':
-            target = task.target_object
-            position = scene.object_position(target.name)
-            near = np.linalg.norm(world[:, :2] - position[:2], axis=1) <= GROUND_RADIUS_M
-            return near & (world[:, 2] <= position[2] + target.half_height + TOP_MARGIN_M)
-        zone = task.target_zone
-        if zone is None:
-            return np.zeros(len(world), bool)
-        identity = np.eye(4)
-        return zone_groups(world, identity, np.array([zone.x, zone.y, zone.radius])) > 0
+        return truth_labels(self.env, name, world)
 
     def __call__(self, input_ids: torch.Tensor, centres: torch.Tensor,
                  neighbourhoods: torch.Tensor) -> PointerOutput:

@@ -28,7 +28,9 @@ policy's actions are executed and the expert's labels of the states it reaches a
 DAgger data, in the same format (the ``/episode`` metadata says ``"driver": "policy"``).
 With excursions (``sim record --excursions P``, :mod:`vla_pruned_ros.sim.excursion`) random
 detours break the expert's path now and then and the expert's recoveries are recorded
-(``"driver": "excursion"``).
+(``"driver": "excursion"``). With object nudges (``sim record --nudges P``,
+:mod:`vla_pruned_ros.sim.nudge`) the named object is moved a few centimetres now and then
+while the gripper works on it (``"driver": "nudge"``, with the episode's ``nudges``).
 """
 
 from collections.abc import Sequence
@@ -68,11 +70,12 @@ from vla_pruned_ros.sim.expert import (
     make_expert,
     run_episode,
 )
+from vla_pruned_ros.sim.nudge import ObjectNudgeDriver
 from vla_pruned_ros.sim.tasks import FAMILIES, SPLITS
 
 STORAGES = ('mcap', 'sqlite3')
 # What may decide the executed actions instead of the expert (the expert always labels).
-Driver = Union[PolicyDriver, ExcursionDriver]
+Driver = Union[PolicyDriver, ExcursionDriver, ObjectNudgeDriver]
 CHUNK_HORIZON = 8
 EPISODE_GAP_NS = 1_000_000_000
 # Depth pixels farther than this do not fit 16UC1 millimetres and are written as 0 (invalid).
@@ -251,7 +254,8 @@ def record_episodes(
     for sqlite3, each message. ``progress`` shows a tqdm bar. With a ``driver``
     (:class:`vla_pruned_ros.sim.dagger.PolicyDriver`) the policy acts and the expert only labels
     (DAgger data); its policy must read images of ``image_size``. With an
-    :class:`vla_pruned_ros.sim.excursion.ExcursionDriver` random detours interrupt the expert.
+    :class:`vla_pruned_ros.sim.excursion.ExcursionDriver` random detours interrupt the expert,
+    with an :class:`vla_pruned_ros.sim.nudge.ObjectNudgeDriver` the named object is moved.
     ``expert_tolerance`` is the experts' alignment tolerance
     (:data:`vla_pruned_ros.sim.expert.TOLERANCES`). Raises ``RecordError`` on bad arguments.
     """

@@ -332,6 +332,20 @@ class TabletopScene:
         xmat = self.data.body(name).xmat.reshape(3, 3)
         return math.atan2(xmat[1, 0], xmat[0, 0])
 
+    def displace_object(self, name: str, offset_xy: 'tuple[float, float] | np.ndarray') -> None:
+        """
+        Move an object's centre horizontally by ``offset_xy`` (m) and stop it.
+
+        A teleport, for recording perturbations (:mod:`vla_pruned_ros.sim.nudge`): the caller
+        checks that the new place is free. The body keeps its height and rotation and loses
+        its velocity, so it rests where it is put.
+        """
+        joint = self.model.joint(f'{name}_free')
+        qpos, qvel = joint.qposadr[0], joint.dofadr[0]
+        self.data.qpos[qpos:qpos + 2] += np.asarray(offset_xy, dtype=float)[:2]
+        self.data.qvel[qvel:qvel + 6] = 0.0
+        mujoco.mj_forward(self.model, self.data)
+
     def touching(self, body_a: str, body_b: str) -> bool:
         """Return True when any geom of ``body_a`` is in contact with one of ``body_b``."""
         a, b = self.model.body(body_a).id, self.model.body(body_b).id
