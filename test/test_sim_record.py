@@ -77,7 +77,7 @@ def test_header_stamps_equal_bag_timestamps_and_observations_share_them(bag):
                 assert stamp_to_ns(msg.header.stamp) == timestamp, topic
     image_stamps = [t for t, _ in messages['/camera/color/image_raw']]
     for topic in ('/camera/depth/image_rect_raw', '/camera/color/camera_info',
-                  '/camera/depth/points', '/ee_pose'):
+                  '/camera/depth/points', '/ee_pose', '/sim/target_position'):
         assert [t for t, _ in messages[topic]] == image_stamps, topic
     assert image_stamps == sorted(image_stamps) and len(set(image_stamps)) == len(image_stamps)
 
@@ -147,6 +147,25 @@ def test_episode_metadata_and_camera_data_match_the_simulator(bag):
     assert [pose.position.x, pose.position.y, pose.orientation.w] == pytest.approx(
         [first.ee_pose[0], first.ee_pose[1], first.ee_pose[6]]
     )
+
+
+def test_the_target_track_starts_at_the_named_object_and_follows_the_push(bag):
+    summary, _, messages = bag
+    track = [(t, msg.point) for t, msg in messages['/sim/target_position']]
+    assert all(msg.header.frame_id == 'world' for _, msg in messages['/sim/target_position'])
+    for meta in summary.episodes:
+        target = next(o for o in meta['objects']
+                      if f"{o['colour']} {o['shape']}" == meta['target'])
+        points = [p for t, p in track if meta['start_ns'] <= t <= meta['end_ns']]
+        start = np.array([points[0].x, points[0].y])
+        np.testing.assert_allclose(start, [target['x'], target['y']], atol=2e-3)
+        end = np.array([points[-1].x, points[-1].y])
+        zone = next((z for z in meta['zones'] if z['colour'] == meta['zone']), None)
+        if meta['family'] == 'push':  # a solved push ends inside the zone, far from its start
+            assert np.hypot(end[0] - zone['x'], end[1] - zone['y']) < zone['radius']
+            assert np.linalg.norm(end - start) > 0.05
+        else:  # nothing touches the object in reach
+            np.testing.assert_allclose(end, start, atol=2e-3)
 
 
 def test_recording_refuses_bad_arguments(tmp_path):

@@ -232,6 +232,21 @@ def test_pointer_losses_are_trained_logged_and_saved_with_the_model(bag, tmp_pat
         train(_config(bag, tmp_path / 'bad', pointer_weight=-1.0))
 
 
+def test_tracked_object_labels_get_their_own_cache_and_label_more_frames(bag, tmp_path):
+    runs = {}
+    for labels in ('start', 'tracked'):
+        out = tmp_path / labels
+        train(_config(bag, out, preset='sim', steps=2, object_labels=labels))
+        runs[labels] = sorted((out / 'cache').glob('*.npz'))
+        assert len(runs[labels]) == 1
+    assert runs['start'][0].name != runs['tracked'][0].name
+    known = {labels: np.isfinite(np.load(files[0])['target_groups']).all(axis=1).mean()
+             for labels, files in runs.items()}
+    assert known['tracked'] == 1.0 and known['start'] < 1.0
+    with pytest.raises(TrainError, match='object_labels'):
+        train(_config(bag, tmp_path / 'bad', object_labels='current'))
+
+
 def test_grounding_probe_learns_to_pick_out_the_marked_tokens():
     torch.manual_seed(0)
     probe = GroundingProbe(16)

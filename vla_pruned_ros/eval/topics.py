@@ -38,6 +38,10 @@ STRING = 'std_msgs/msg/String'
 POSE = 'geometry_msgs/msg/PoseStamped'
 TWIST = 'geometry_msgs/msg/TwistStamped'
 ACTION_CHUNK = 'vla_pruned_ros/msg/ActionChunk'
+POINT = 'geometry_msgs/msg/PointStamped'
+# Simulator truth the recorder adds (the named object's centre per observation): a training
+# label, never a policy input, so no role reads it.
+TARGET_POSITION_TOPIC = '/sim/target_position'
 PRUNING_STATS = 'vla_pruned_ros/msg/PruningStats'
 
 # Topic name that switches an optional role off.

@@ -331,12 +331,15 @@ class Episode:
 
     ``observations`` has one more entry than ``actions``: observation t was followed by
     ``actions[t]`` (the clean expert label) and ``executed[t]`` (what was applied, with noise).
+    ``target_positions[t]`` is where the named object's centre was (world frame) when
+    observation t was taken: privileged simulator state, recorded for the pointer's labels.
     """
 
     task_metadata: dict
     observations: list[Observation] = field(default_factory=list)
     actions: list[np.ndarray] = field(default_factory=list)
     executed: list[np.ndarray] = field(default_factory=list)
+    target_positions: list[np.ndarray] = field(default_factory=list)
     success: bool = False
 
     @property
@@ -365,7 +368,8 @@ def run_episode(
         driver.reset()
     if driver is not None and hasattr(driver, 'bind'):
         driver.bind(env)  # drivers that act on the scene (sim.nudge)
-    episode = Episode(task_metadata=env.task.metadata(), observations=[observation])
+    episode = Episode(task_metadata=env.task.metadata(), observations=[observation],
+                      target_positions=[env.scene.object_position(env.task.target)])
     done = False
     while not done:
         action = expert.act(env)
@@ -377,6 +381,7 @@ def run_episode(
         episode.executed.append(info['action'])
         if keep_observations or done:
             episode.observations.append(observation)
+            episode.target_positions.append(env.scene.object_position(env.task.target))
     episode.success = bool(info['success'])
     return episode
 

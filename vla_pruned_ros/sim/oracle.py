@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from vla_pruned_ros.model.pointer import PointerOutput
-from vla_pruned_ros.train.dataset import GROUND_RADIUS_M, zone_groups
+from vla_pruned_ros.train.dataset import object_groups, zone_groups
 
 
 class OracleError(ValueError):
@@ -26,8 +26,6 @@ class OracleError(ValueError):
 
 # Logit of a labelled group over an unlabelled one: all of the mass, numerically.
 ORACLE_LOGIT = 30.0
-# Groups up to this far above the object's top still count as on it (m).
-TOP_MARGIN_M = 0.01
 
 
 def truth_labels(env: Any, name: str, world: np.ndarray) -> np.ndarray:
@@ -41,8 +39,7 @@ def truth_labels(env: Any, name: str, world: np.ndarray) -> np.ndarray:
     if name == 'object':
         target = task.target_object
         position = scene.object_position(target.name)
-        near = np.linalg.norm(world[:, :2] - position[:2], axis=1) <= GROUND_RADIUS_M
-        return near & (world[:, 2] <= position[2] + target.half_height + TOP_MARGIN_M)
+        return object_groups(world, position, target.half_height) > 0
     zone = task.target_zone
     if zone is None:
         return np.zeros(len(world), bool)

@@ -15,7 +15,12 @@ topic                           type                                 when
 /ee_pose                        geometry_msgs/msg/PoseStamped        every observation
 /expert/twist                   geometry_msgs/msg/TwistStamped       every step (action / dt)
 /expert/action_chunk            vla_pruned_ros/msg/ActionChunk       every step (next H)
+/sim/target_position            geometry_msgs/msg/PointStamped       every observation
 ==============================  ===================================  =========================
+
+``/sim/target_position`` is simulator truth, not a sensor: where the named object's centre is
+(``world``) at each observation. The policy node never reads it; training reads it for the
+pointer's per-group labels while the object moves (:mod:`vla_pruned_ros.train.dataset`).
 
 An episode of T steps has T + 1 observations; the last one (the outcome) has no action.
 Header stamps equal the observation's sim stamp and the bag timestamp of every message. Each
@@ -50,6 +55,7 @@ from vla_pruned_ros.convert import (
     package_typestore,
     rosbags_types,
 )
+from vla_pruned_ros.eval.topics import POINT, TARGET_POSITION_TOPIC
 from vla_pruned_ros.observation import Observation
 from vla_pruned_ros.sim.dagger import PolicyDriver
 from vla_pruned_ros.sim.env import (
@@ -91,6 +97,7 @@ TOPICS: dict[str, str] = {
     '/ee_pose': 'geometry_msgs/msg/PoseStamped',
     '/expert/twist': 'geometry_msgs/msg/TwistStamped',
     '/expert/action_chunk': 'vla_pruned_ros/msg/ActionChunk',
+    TARGET_POSITION_TOPIC: POINT,
 }
 
 
@@ -166,6 +173,14 @@ class _BagWriter:
             ),
         )
 
+    def point(self, position: np.ndarray, stamp_ns: int) -> Any:
+        t = self.types
+        x, y, z = (float(v) for v in position)
+        return t['geometry_msgs/msg/PointStamped'](
+            header=self.header(stamp_ns, WORLD_FRAME_ID),
+            point=t['geometry_msgs/msg/Point'](x=x, y=y, z=z),
+        )
+
     def twist(self, action: np.ndarray, dt: float, stamp_ns: int) -> Any:
         t = self.types
         velocity = np.asarray(action[:6], dtype=np.float64) / dt
@@ -223,6 +238,9 @@ def _write_episode(
     chunks = action_chunks(actions, CHUNK_HORIZON) if len(actions) else actions
     for t, obs in enumerate(episode.observations):
         bag.observation(obs, points_stride)
+        if t < len(episode.target_positions):
+            position = bag.point(episode.target_positions[t], obs.stamp_ns)
+            bag.write(TARGET_POSITION_TOPIC, position, obs.stamp_ns)
         if t < len(actions):
             bag.write('/expert/twist', bag.twist(actions[t], dt, obs.stamp_ns), obs.stamp_ns)
             bag.write('/expert/action_chunk', bag.chunk(chunks[t], dt, obs.stamp_ns), obs.stamp_ns)

@@ -5,11 +5,13 @@ Example::
 
     vla-pruned-ros train --data demos/ --preset sim --out runs/sim --steps 3000
 
-torch and rosbags are imported only when the command runs.
+torch and rosbags are imported only when the command runs (the dataset module imports numpy).
 """
 
 import argparse
 import sys
+
+from vla_pruned_ros.train.dataset import OBJECT_LABELS
 
 
 def add_parser(subparsers: 'argparse._SubParsersAction') -> argparse.ArgumentParser:
@@ -68,6 +70,11 @@ def add_parser(subparsers: 'argparse._SubParsersAction') -> argparse.ArgumentPar
     parser.add_argument('--fresh-pointer', action='store_true',
                         help='with --init-from: start the pointer scoring weights fresh instead '
                              'of copying them (to change the kind of pointer)')
+    parser.add_argument('--object-labels', choices=OBJECT_LABELS, default='start',
+                        help="object pointer labels: 'start' marks the groups at the object's "
+                             'start position while the gripper is far from it; '
+                             "'tracked' the groups at its recorded position in every frame "
+                             '(bags with /sim/target_position)')
     parser.add_argument('--stage', choices=('all', 'head', 'pointer'), default='all',
                         help="'all' trains every weight; 'head' only the action head of the "
                              '--init-from model, on trunk outputs computed once per frame '
@@ -96,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         pointer_weight=args.pointer_weight,
         proprio_drop_prob=args.proprio_drop_prob,
         stage=args.stage, head_views=args.head_views, word_noise=args.word_noise,
-        fresh_pointer=args.fresh_pointer,
+        fresh_pointer=args.fresh_pointer, object_labels=args.object_labels,
     )
     try:
         result = train(config)

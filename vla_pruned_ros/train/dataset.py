@@ -31,8 +31,11 @@ from vla_pruned_ros.observation import Observation
 SYNC_SLOP_S = 0.01
 CACHE_VERSION = 5
 # A 3D point group is labelled 'on the target' when its centre lies within this horizontal
-# distance (world frame) of where the named object started.
+# distance (world frame) of where the named object is (or, without a tracked position, started).
 GROUND_RADIUS_M = 0.03
+# With a tracked position, groups up to this far above the object's top still count as on it;
+# higher ones are the fingers over it.
+TOP_MARGIN_M = 0.01
 # While the gripper is at least this far (horizontally) from that start position nothing can
 # have moved the object and no finger is within GROUND_RADIUS_M of it, so the groups there are
 # the object's; nearer frames get no grounding label (a pushed or lifted object has left its
@@ -41,6 +44,10 @@ APPROACH_DISTANCE_M = 0.10
 # A group is on the named zone (a flat disc painted on the table) when its centre lies inside
 # the disc and no higher than this above the table: higher groups are objects or fingers.
 ZONE_MAX_HEIGHT_M = 0.01
+# Where the object pointer's labels come from: 'start' (the object's start position, frames
+# near the gripper unlabelled; every shipped model was trained so) or 'tracked' (its position
+# at each frame, /sim/target_position, where the bag has it; else as 'start').
+OBJECT_LABELS = ('start', 'tracked')
 
 
 class DatasetError(ValueError):
@@ -49,10 +56,16 @@ class DatasetError(ValueError):
 
 @dataclass
 class DemoFrame:
-    """One synchronised observation and the expert's action chunk [horizon, 7] at its stamp."""
+    """
+    One synchronised observation and the expert's action chunk [horizon, 7] at its stamp.
+
+    ``target_position`` is where the named object's centre was then (world frame), when the
+    bag records it (``/sim/target_position``, bags written since the recorder has it).
+    """
 
     observation: Observation
     chunk: np.ndarray
+    target_position: Optional[np.ndarray] = None
 
 
 @dataclass
@@ -103,6 +116,44 @@ def target_groups(
     world = _to_world(centres, camera_to_world)
     distance = np.linalg.norm(world[:, :2] - np.asarray(target_xy, np.float64), axis=1)
     return (distance <= GROUND_RADIUS_M).astype(np.float32)
+
+
+def tracked_target_groups(
+    centres: np.ndarray, camera_to_world: Optional[np.ndarray], position: np.ndarray,
+    half_height: float,
+) -> np.ndarray:
+    """
+    Which point groups lie on the named object where it is now: 1.0 / 0.0 per group.
+
+    ``position`` is the object's current centre (world frame, from ``/sim/target_position``)
+    and ``half_height`` its centre's height above the table at rest. A group counts when its
+    centre (``centres`` [G, 3], camera frame) lies within ``GROUND_RADIUS_M`` of it horizontally
+    and at most ``TOP_MARGIN_M`` above its top, so every frame is labelled, also while the
+    gripper pushes or lifts the object (:func:`target_groups` has to leave those out). All NaN
+    when the transform or the position is unknown.
+    """
+    if camera_to_world is None or not np.isfinite(position).all():
+        return np.full(len(centres), np.nan, np.float32)
+    return object_groups(_to_world(centres, camera_to_world), position, half_height)
+
+
+def object_groups(world: np.ndarray, position: np.ndarray, half_height: float) -> np.ndarray:
+    """The rule of :func:`tracked_target_groups` on world-frame centres [G, 3]: 1.0 / 0.0."""
+    position = np.asarray(position, np.float64)
+    near = np.linalg.norm(world[:, :2] - position[:2], axis=1) <= GROUND_RADIUS_M
+    below_top = world[:, 2] <= position[2] + half_height + TOP_MARGIN_M
+    return (near & below_top).astype(np.float32)
+
+
+def target_half_height(metadata: dict) -> float:
+    """Height of the named object's centre above the table at rest (m), NaN when unknown."""
+    target = str(metadata.get('target') or '')
+    for item in metadata.get('objects') or []:
+        if f"{item.get('colour')} {item.get('shape')}" == target and item.get('size'):
+            size = item['size']
+            # Spheres are sized by their radius, boxes and cylinders by their half height last.
+            return float(size[0] if item.get('shape') == 'sphere' else size[-1])
+    return float('nan')
 
 
 def named_zone(metadata: dict) -> np.ndarray:
@@ -186,6 +237,7 @@ def read_episodes(bag_path: 'str | Path') -> Iterator[DemoEpisode]:
         raise DatasetError(f'{bag_path} lacks the demonstration topics: expert ActionChunk and '
                            f'instruction topics are needed (found {plan.roles()})')
     replay = BagReplay(bag_path, plan, topics, slop_s=SYNC_SLOP_S)
+    track = read_target_track(bag_path)
     episode: Optional[DemoEpisode] = None
     number = -1
     try:
@@ -198,7 +250,8 @@ def read_episodes(bag_path: 'str | Path') -> Iterator[DemoEpisode]:
             # The chunk of a frame's stamp is read with the frame's other messages.
             chunk = replay.summary.recorded.pop(frame.observation.stamp_ns, None)
             if chunk is not None:
-                episode.frames.append(DemoFrame(frame.observation, chunk))
+                position = track.get(frame.observation.stamp_ns)
+                episode.frames.append(DemoFrame(frame.observation, chunk, position))
     except EvalError as err:  # nothing usable in the bag
         raise DatasetError(str(err)) from None
     skipped = {topic: counts.skipped for topic, counts in replay.summary.counts.items()
@@ -208,6 +261,38 @@ def read_episodes(bag_path: 'str | Path') -> Iterator[DemoEpisode]:
                       stacklevel=2)
     if episode is not None and episode.frames:
         yield episode
+
+
+def read_target_track(bag_path: 'str | Path') -> dict[int, np.ndarray]:
+    """
+    The named object's recorded centre per stamp: {stamp_ns: world xyz}; empty when not recorded.
+
+    Read from ``/sim/target_position`` (``sim record`` writes it for every observation);
+    messages that do not decode are skipped.
+    """
+    from vla_pruned_ros.convert import package_typestore, stamp_to_ns
+    from vla_pruned_ros.eval.bag import decode_errors, open_reader
+    from vla_pruned_ros.eval.topics import POINT, TARGET_POSITION_TOPIC
+
+    typestore = package_typestore()
+    track: dict[int, np.ndarray] = {}
+    reader = open_reader(bag_path)
+    try:
+        connections = [c for c in reader.connections
+                       if c.topic == TARGET_POSITION_TOPIC and c.msgtype == POINT]
+        if not connections:  # rosbags reads every topic when given none
+            return track
+        for connection, _, raw in reader.messages(connections=connections):
+            try:
+                msg = typestore.deserialize_cdr(raw, connection.msgtype)
+            except decode_errors():
+                continue
+            point = msg.point
+            xyz = (point.x, point.y, point.z)
+            track[stamp_to_ns(msg.header.stamp)] = np.array(xyz, np.float64)
+    finally:
+        reader.close()
+    return track
 
 
 @dataclass
@@ -295,7 +380,7 @@ def concat_samples(parts: Sequence[Samples]) -> Samples:
                    instructions=instructions, families=families)
 
 
-def _cache_key(bag: Path, model: Any) -> str:
+def _cache_key(bag: Path, model: Any, object_labels: str = 'start') -> str:
     files = sorted(f for f in bag.rglob('*') if f.is_file())
     signature = {
         'version': CACHE_VERSION,
@@ -306,18 +391,26 @@ def _cache_key(bag: Path, model: Any) -> str:
         'points': model.config.points.to_dict(),
         'horizon': model.config.horizon,
     }
+    if object_labels != 'start':  # (so the caches of 'start' keep their names)
+        signature['object_labels'] = object_labels
     return hashlib.sha256(json.dumps(signature, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def encode_bag(bag: 'str | Path', model: Any) -> Samples:
+def encode_bag(bag: 'str | Path', model: Any, object_labels: str = 'start') -> Samples:
     """
     Read a bag and compute every labelled frame's model inputs with ``model``'s preprocessing.
+
+    ``object_labels`` (:data:`OBJECT_LABELS`) says how the object pointer's per-group labels
+    are made: :func:`target_groups` from the start position, or with 'tracked'
+    :func:`tracked_target_groups` from the recorded position of each frame.
 
     Raises ``DatasetError`` when the bag has no labelled frame or its chunks are shorter than
     the model's horizon.
     """
     from vla_pruned_ros.tokens.points_3d import observation_groups
 
+    if object_labels not in OBJECT_LABELS:
+        raise DatasetError(f'object_labels must be one of {OBJECT_LABELS}, got {object_labels!r}')
     config = model.config
     rows: dict[str, list] = {name: [] for name in _ARRAYS}
     instructions: list[str] = []
@@ -326,6 +419,7 @@ def encode_bag(bag: 'str | Path', model: Any) -> Samples:
         if episode.family not in families:
             families.append(episode.family)
         target = target_position(episode.metadata)
+        half_height = target_half_height(episode.metadata)
         camera_to_world = _camera_to_world(episode.metadata)
         zone = named_zone(episode.metadata)
         for frame in episode.frames:
@@ -350,8 +444,13 @@ def encode_bag(bag: 'str | Path', model: Any) -> Samples:
             rows['family'].append(families.index(episode.family))
             ee_xy = np.asarray(obs.ee_pose[:2], np.float32)
             rows['target_xy'].append(target - ee_xy)
-            rows['target_groups'].append(
-                target_groups(groups.centres, camera_to_world, target, ee_xy))
+            tracked = object_labels == 'tracked' and frame.target_position is not None
+            if tracked and np.isfinite(half_height):
+                labels = tracked_target_groups(
+                    groups.centres, camera_to_world, frame.target_position, half_height)
+            else:
+                labels = target_groups(groups.centres, camera_to_world, target, ee_xy)
+            rows['target_groups'].append(labels)
             rows['zone_groups'].append(zone_groups(groups.centres, camera_to_world, zone))
     if not rows['actions']:
         raise DatasetError(f'{bag} holds no observation with an expert action chunk')
@@ -381,13 +480,14 @@ def read_cached_samples(path: 'str | Path') -> Samples:
 
 def load_samples(
     paths: Iterable['str | Path'], model: Any, cache_dir: Optional['str | Path'] = None,
-    progress: bool = False,
+    progress: bool = False, object_labels: str = 'start',
 ) -> Samples:
     """
     Encode every bag under ``paths`` (see :func:`find_bags`) for ``model``, using a cache.
 
     With ``cache_dir`` each bag's samples are stored there as ``.npz`` and reused while the
-    bag and the model's input configuration are unchanged.
+    bag, the model's input configuration and ``object_labels`` (see :func:`encode_bag`) are
+    unchanged.
     """
     bags = find_bags(paths)
     parts = []
@@ -397,11 +497,12 @@ def load_samples(
 
         iterator = tqdm(bags, desc='reading bags', unit='bag')
     for bag in iterator:
-        cache = Path(cache_dir) / f'{bag.name}-{_cache_key(bag, model)}.npz' if cache_dir else None
+        key = _cache_key(bag, model, object_labels)
+        cache = Path(cache_dir) / f'{bag.name}-{key}.npz' if cache_dir else None
         if cache is not None and cache.is_file():
             parts.append(read_cached_samples(cache))
             continue
-        samples = encode_bag(bag, model)
+        samples = encode_bag(bag, model, object_labels)
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)
             partial = cache.with_suffix('.partial.npz')

@@ -53,7 +53,7 @@ from vla_pruned_ros.model.mvla import MultiModalVLA
 from vla_pruned_ros.model.pointer import POINTER_TARGETS, PointerOutput, pointer_loss
 from vla_pruned_ros.model.presets import preset_config
 from vla_pruned_ros.model.text import InstructionEncoder, build_tokenizer
-from vla_pruned_ros.train.dataset import Samples, load_samples
+from vla_pruned_ros.train.dataset import OBJECT_LABELS, Samples, load_samples
 from vla_pruned_ros.train.word_noise import add_word_noise, unseen_ids
 
 STATE_FILE = 'training_state.pt'
@@ -140,6 +140,9 @@ class TrainConfig:
     # With init_from: the pointer's scoring weights (MultiModalVLA.pointer_parameters) keep
     # their fresh initialisation instead of the source's (for a pointer of another kind).
     fresh_pointer: bool = False
+    # The object pointer's labels (dataset.OBJECT_LABELS): from the object's start position
+    # ('start', as every shipped model) or its recorded position at each frame ('tracked').
+    object_labels: str = 'start'
 
     def validate(self) -> None:
         """Raise ``TrainError`` for values that cannot train."""
@@ -156,6 +159,9 @@ class TrainConfig:
         if self.fresh_pointer and not self.init_from:
             raise TrainError('fresh_pointer re-initialises the pointer of an --init-from model: '
                              'pass --init-from (a new run from scratch is fresh anyway)')
+        if self.object_labels not in OBJECT_LABELS:
+            raise TrainError(f'object_labels must be one of {OBJECT_LABELS}, got '
+                             f'{self.object_labels!r}')
         if not 0 <= self.word_noise <= 1:
             raise TrainError(f'word_noise must lie in [0, 1], got {self.word_noise}')
         if self.stage == 'head' and self.word_noise:
@@ -678,7 +684,8 @@ def train(config: TrainConfig) -> TrainResult:
     if warm_record:
         _log(out, warm_record)
 
-    samples = load_samples(config.data, model, cache_dir=out / 'cache', progress=config.progress)
+    samples = load_samples(config.data, model, cache_dir=out / 'cache', progress=config.progress,
+                           object_labels=config.object_labels)
     train_samples, val_samples = _split(samples, config.val_every, config.val_frames)
     if tokenizer is None:
         # The tokenizer learns only the instructions training can see (the train split's);
