@@ -88,11 +88,17 @@ def target_position(metadata: dict) -> np.ndarray:
     The recorder stores the target as 'colour shape' and every object's colour, shape and
     position; NaN when the metadata lacks them or no object matches.
     """
+    item = _target_item(metadata)
+    if item is None:
+        return np.full(2, np.nan, np.float32)
+    return np.array([item['x'], item['y']], np.float32)
+
+
+def _target_item(metadata: dict) -> Optional[dict]:
+    """The ``/episode`` metadata's entry of the object the instruction names, None if none."""
     target = str(metadata.get('target') or '')
-    for item in metadata.get('objects') or []:
-        if f"{item.get('colour')} {item.get('shape')}" == target:
-            return np.array([item['x'], item['y']], np.float32)
-    return np.full(2, np.nan, np.float32)
+    return next((item for item in metadata.get('objects') or []
+                 if f"{item.get('colour')} {item.get('shape')}" == target), None)
 
 
 def target_groups(
@@ -147,13 +153,13 @@ def object_groups(world: np.ndarray, position: np.ndarray, half_height: float) -
 
 def target_half_height(metadata: dict) -> float:
     """Height of the named object's centre above the table at rest (m), NaN when unknown."""
-    target = str(metadata.get('target') or '')
-    for item in metadata.get('objects') or []:
-        if f"{item.get('colour')} {item.get('shape')}" == target and item.get('size'):
-            size = item['size']
-            # Spheres are sized by their radius, boxes and cylinders by their half height last.
-            return float(size[0] if item.get('shape') == 'sphere' else size[-1])
-    return float('nan')
+    item = _target_item(metadata)
+    if item is None or not item.get('size'):
+        return float('nan')
+    # sim.scene.ObjectSpec.half_height's rule (that module needs MuJoCo): spheres are sized by
+    # their radius, boxes and cylinders by their half height last.
+    size = item['size']
+    return float(size[0] if item.get('shape') == 'sphere' else size[-1])
 
 
 def named_zone(metadata: dict) -> np.ndarray:
