@@ -184,14 +184,16 @@ def test_bf16_policy_runs_and_stays_close_to_fp32(policy):
     assert np.abs(actions - expected).max() < 0.1 * (np.abs(expected).max() + 1e-3) + 0.05
 
 
-@pytest.mark.parametrize('context', [False, True])
-def test_factored_pointer_flops_match_torch_flop_counter(context):
+@pytest.mark.parametrize('score, context', [('factored', False), ('factored', True),
+                                            ('attribute', True)])
+def test_factored_and_attribute_pointer_flops_match_torch_flop_counter(score, context):
     """The colour part and the object context are counted (its elementwise part estimated)."""
     from vla_pruned_ros.model.object_context import PAIR_FLOPS
 
     config = preset_config('tiny')
     config.points.colour = True
-    config.pointer_score, config.object_context = 'factored', context
+    config.pointer_score, config.object_context = score, context
+    config.pointer_colours, config.pointer_kinds = ['red', 'green', 'blue'], ['cube', 'zone']
     torch.manual_seed(0)
     model = MultiModalVLA(config).eval()
     flops = FlopsModel.from_model(model)

@@ -50,6 +50,16 @@ def _groups(objects: 'list[tuple[torch.Tensor, tuple]]', group_size: int = 16):
     return torch.stack(centres)[None], torch.stack(neighbourhoods)[None]
 
 
+
+def random_pointer_inputs(config):
+    """An instruction and coloured random groups in front of the camera, sized for ``config``."""
+    groups = config.points.num_groups
+    neighbourhoods = torch.cat([torch.randn(1, groups, 16, 3) * 0.01,
+                                torch.rand(1, groups, 16, 3)], dim=-1)
+    centres = torch.randn(1, groups, 3) * 0.1 + torch.tensor([0.0, 0.0, 0.5])
+    ids = torch.randint(2, 100, (1, config.instruction_tokens))
+    return ids, centres, neighbourhoods
+
 def test_object_context_measures_the_object_each_group_lies_on():
     cube = _surface('cube', (0.0, 0.0))
     block = _surface('block', (0.15, 0.0))
@@ -154,7 +164,7 @@ def test_shape_cue_settings_are_checked_and_reach_the_model():
     assert config.pointer_score == 'joint' and not config.object_context
     shape = preset_config('sim-shape')
     assert shape.object_context and shape.pointer_score == 'factored'
-    assert not preset_config('sim').object_context  # the shipped model's architecture
+    assert not preset_config('sim').object_context  # run 30's architecture
     tiny = preset_config('tiny')
     tiny.points.colour = True
     tiny.object_context, tiny.pointer_score = True, 'factored'
@@ -163,10 +173,7 @@ def test_shape_cue_settings_are_checked_and_reach_the_model():
     # shape descriptors: centre, extent and the context; colour apart
     assert model.pointer.key[0].in_features == 6 + OBJECT_CONTEXT_WIDTH
     assert model.pointer.colour_key[0].in_features == 3
-    groups = tiny.points.num_groups
-    neighbourhoods = torch.cat([torch.randn(1, groups, 16, 3) * 0.01,
-                                torch.rand(1, groups, 16, 3)], dim=-1)
-    centres = torch.randn(1, groups, 3) * 0.1 + torch.tensor([0.0, 0.0, 0.5])
-    ids = torch.randint(2, 100, (1, tiny.instruction_tokens))
+    ids, centres, neighbourhoods = random_pointer_inputs(tiny)
     output = model.point(ids, centres, neighbourhoods)
-    assert output.logits.shape == (1, 2, groups) and torch.isfinite(output.points).all()
+    assert output.logits.shape == (1, 2, centres.shape[1])
+    assert torch.isfinite(output.points).all()

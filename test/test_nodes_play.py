@@ -111,6 +111,8 @@ def test_player_reads_sqlite3_and_filters_topics(bags):
         assert player.topics == ['/camera/color/camera_info', '/ee_pose']
         summary = player.play()
         assert summary.per_topic == {'/camera/color/camera_info': 10, '/ee_pose': 10}
+        # nothing subscribes here: nothing is left to acknowledge
+        assert player.wait_for_delivery(1.0)
         with pytest.raises(BagError, match='no topic'):
             BagPlayer(node, bags['sqlite3'].path, topics=['/nothing'])
         with pytest.raises(BagError, match='metadata.yaml'):

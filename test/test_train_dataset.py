@@ -16,9 +16,12 @@ from vla_pruned_ros.train.dataset import (
     TOP_MARGIN_M,
     ZONE_MAX_HEIGHT_M,
     DatasetError,
+    attribute_groups,
     find_bags,
     load_samples,
+    named_attributes,
     named_zone,
+    read_cached_samples,
     read_episodes,
     read_target_track,
     target_groups,
@@ -291,3 +294,87 @@ def test_tracked_labels_follow_the_object_and_leave_out_what_is_above_it():
         {'colour': 'red', 'shape': 'sphere', 'size': [0.025]}]}
     assert target_half_height(metadata) == 0.025
     assert np.isnan(target_half_height({'target': 'red cube', 'objects': []}))
+
+
+COLOURS = ('red', 'green', 'blue')
+KINDS = ('cube', 'block', 'sphere', 'zone')
+
+
+def test_attribute_labels_name_what_each_group_lies_on():
+    camera_to_world = np.eye(4)
+    camera_to_world[:3, 3] = (1.0, 2.0, 0.0)  # camera frame = world shifted by (1, 2, 0)
+    metadata = {'target': 'green sphere', 'zone': 'blue', 'objects': [
+        # a block 10 cm long along its yaw (45 degrees), 2 cm wide and high
+        {'colour': 'red', 'shape': 'block', 'size': [0.05, 0.01, 0.01], 'x': 1.2, 'y': 2.2,
+         'yaw': np.pi / 4},
+        {'colour': 'green', 'shape': 'sphere', 'size': [0.02], 'x': 0.9, 'y': 2.0},
+        {'colour': 'pink', 'shape': 'cube', 'size': [0.02] * 3, 'x': 1.0, 'y': 1.8}],
+        'zones': [{'colour': 'blue', 'x': 1.3, 'y': 1.9, 'radius': 0.04}]}
+    world = np.array([
+        [1.23, 2.23, 0.015],  # along the block's diagonal, 4 cm from its centre
+        [1.23, 2.17, 0.015],  # 4 cm across it: beside the block
+        [0.9, 2.0, 0.035],  # the sphere's top
+        [0.9, 2.0, 0.035 + TOP_MARGIN_M + 0.02],  # above the sphere: a finger
+        [1.0, 1.8, 0.02],  # the pink cube: a colour outside the classes
+        [1.31, 1.91, 0.001],  # on the zone
+        [1.5, 1.5, 0.0],  # bare table
+    ])
+    colour, kind = attribute_groups(world - (1.0, 2.0, 0.0), camera_to_world, metadata,
+                                    COLOURS, KINDS)
+    none_colour, none_kind = len(COLOURS), len(KINDS)
+    np.testing.assert_array_equal(colour, [0, none_colour, 1, none_colour, -1, 2,
+                                           none_colour])
+    np.testing.assert_array_equal(kind, [1, none_kind, 2, none_kind, 0, 3, none_kind])
+    assert colour.dtype == kind.dtype == np.int8
+    # the named object where the recorded track puts it, the others where they started
+    moved = np.array([1.4, 2.4, 0.02])
+    colour, kind = attribute_groups((moved - (1.0, 2.0, 0.0))[None], camera_to_world,
+                                    metadata, COLOURS, KINDS, target_now=moved)
+    assert (colour[0], kind[0]) == (1, 2)
+    # two things claiming a group: unknown, not either of them
+    crowded = dict(metadata, objects=metadata['objects'] + [
+        {'colour': 'red', 'shape': 'cube', 'size': [0.02] * 3, 'x': 0.91, 'y': 2.0}])
+    colour, kind = attribute_groups(world[2:3] - (1.0, 2.0, 0.0), camera_to_world, crowded,
+                                    COLOURS, KINDS)
+    assert (colour[0], kind[0]) == (-1, -1)
+    # no transform or no objects: unknown throughout
+    for args in ((None, metadata), (camera_to_world, {'objects': []})):
+        colour, kind = attribute_groups(world, *args, COLOURS, KINDS)
+        assert (colour == -1).all() and (kind == -1).all()
+    # what the instruction names, per pointer target (object, zone)
+    np.testing.assert_array_equal(named_attributes(metadata, COLOURS, KINDS), [[1, 2], [2, 3]])
+    reach = dict(metadata, target='pink cube', zone=None)
+    np.testing.assert_array_equal(named_attributes(reach, COLOURS, KINDS), [[-1, 0], [-1, -1]])
+
+
+def test_attribute_labels_of_recorded_frames_carry_the_colours_seen(bag, tmp_path):
+    """The sim-attribute preset's samples: labelled groups show the colour of their class."""
+    from vla_pruned_ros.sim.scene import COLOURS as RGB
+
+    model = MultiModalVLA(preset_config('sim-attribute'))
+    colours, kinds = model.config.pointer_colours, model.config.pointer_kinds
+    samples = load_samples([bag], model, cache_dir=tmp_path)
+    for row, instruction in enumerate(samples.instruction):
+        text = samples.instructions[instruction].split()
+        colour, kind = samples.named_attributes[row, 0]
+        assert colours[colour] in text and kinds[kind] in text
+    push = samples.family == samples.families.index('push')
+    assert (samples.named_attributes[push, 1, 1] == kinds.index('zone')).all()
+    assert (samples.named_attributes[~push, 1] == -1).all()
+    # most groups are known, and the ones on a thing look like its colour class
+    assert (samples.group_colour >= 0).mean() > 0.9
+    matches = []
+    for row in range(0, len(samples), 3):
+        for index in range(len(colours)):
+            on = samples.group_colour[row] == index
+            if on.sum() >= 2:
+                matches.append(_named_colour(samples, row, on, RGB) == colours[index])
+    assert len(matches) > 10 and np.mean(matches) > 0.8, matches
+    # a zone's groups are flat marks, an object's are not
+    kind = samples.group_kind
+    assert (kind == kinds.index('zone'))[push].any(axis=1).all()
+    # the cache keeps the labels; a model without the attribute score has none (-1)
+    cached = read_cached_samples(next(tmp_path.glob('*.npz')))
+    np.testing.assert_array_equal(cached.group_kind, samples.group_kind)
+    plain = load_samples([bag], MultiModalVLA(preset_config('sim')))
+    assert (plain.group_colour == -1).all() and (plain.named_attributes == -1).all()

@@ -364,11 +364,43 @@ def test_a_fresh_pointer_of_another_kind_trains_with_word_noise_on_a_trained_tru
         train(_config(bag, tmp_path / 'x', fresh_pointer=True))
 
 
+def test_the_attribute_pointer_learns_its_classes_from_a_sim_model(bag, tmp_path):
+    """Run 39's recipe in small: an attribute pointer stage on a trained sim model."""
+    first = train(_config(bag, tmp_path / 'first', preset='sim', steps=1))
+    before = load_file(first.model_dir / 'model.safetensors')
+    settings = {'steps': 30, 'batch_size': 8, 'stage': 'pointer', 'preset': 'sim-attribute',
+                'checkpoint_every': 30, 'init_from': str(first.model_dir), 'val_every': 2,
+                'lr': 3e-3, 'log_every': 5}
+    result = train(_config(bag, tmp_path / 'attribute', **settings))
+    log = [json.loads(line)
+           for line in (tmp_path / 'attribute' / 'log.jsonl').read_text().splitlines()]
+    # the class heads start fresh, the text layer is the source's
+    assert 'pointer.group_kind.0.weight' in log[0]['skipped']
+    assert 'pointer.text_layer.self_attn.in_proj_weight' not in log[0]['skipped']
+    # the class loss is logged apart from the pointers' own losses, and it falls
+    attributes = [record['pointer_attributes_loss'] for record in log
+                  if 'pointer_attributes_loss' in record]
+    assert len(attributes) == 6 and attributes[-1] < attributes[0]
+    assert all('pointer_object_loss' in record for record in log if 'train_loss' in record)
+    after = load_file(result.model_dir / 'model.safetensors')
+    for name in ('pointer.to_head.weight', 'action_queries'):
+        torch.testing.assert_close(after[name], before[name], rtol=0, atol=0)
+    # the saved model is an attribute pointer with the preset's sharpness, and it acts
+    policy = Policy.from_pretrained(result.model_dir, device='cpu', pruner='dense')
+    assert policy.config.pointer_score == 'attribute'
+    assert policy.model.pointer.sharpness == preset_config('sim-attribute').pointer_sharpness
+    frame = next(iter(read_episodes(bag))).frames[0]
+    actions, _ = policy.step(frame.observation)
+    assert np.isfinite(actions).all()
+
+
 @pytest.mark.parametrize('overrides, message', [
     ({}, '--init-from'),
     ({'init_from': 'm', 'aux_weight': 1.0}, 'head alone'),
     ({'init_from': 'm', 'proprio_drop_prob': 0.5}, 'head alone'),
     ({'init_from': 'm', 'head_views': 0}, 'head_views'),
+    ({'init_from': 'm', 'head_state_dropout': 1.0}, 'head_state_dropout'),
+    ({'init_from': 'm', 'head_state_dropout': -0.1}, 'head_state_dropout'),
 ])
 def test_head_stage_refuses_settings_that_would_train_the_trunk_or_nothing(
         bag, tmp_path, overrides, message):
@@ -376,6 +408,21 @@ def test_head_stage_refuses_settings_that_would_train_the_trunk_or_nothing(
         train(_config(bag, tmp_path / 'x', stage='head', **overrides))
     with pytest.raises(TrainError, match='stage'):
         train(_config(bag, tmp_path / 'y', stage='decoder'))
+    with pytest.raises(TrainError, match='--stage head'):
+        train(_config(bag, tmp_path / 'z', head_state_dropout=0.5))
+
+
+def test_head_state_dropout_trains_a_different_head_on_the_same_batches(bag, tmp_path):
+    first = train(_config(bag, tmp_path / 'first', steps=2))
+    settings = {'steps': 6, 'batch_size': 16, 'lr': 3e-3, 'stage': 'head', 'head_views': 1,
+                'checkpoint_every': 6, 'init_from': str(first.model_dir)}
+    heads = {rate: load_file(train(_config(bag, tmp_path / f'head{rate}', head_state_dropout=rate,
+                                           **settings)).model_dir / 'model.safetensors')
+             for rate in (0.0, 0.5)}
+    assert not torch.equal(heads[0.0]['action_head.0.weight'], heads[0.5]['action_head.0.weight'])
+    # the trunk is the source's in both
+    torch.testing.assert_close(heads[0.0]['action_queries'], heads[0.5]['action_queries'],
+                               rtol=0, atol=0)
 
 
 def test_shape_probe_reads_the_target_groups_of_cached_samples(tmp_path):

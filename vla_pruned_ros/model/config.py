@@ -2,6 +2,7 @@
 
 from dataclasses import asdict, dataclass, field
 import json
+import math
 from typing import Any, Optional
 
 import numpy as np
@@ -81,6 +82,16 @@ class MVLAConfig:
     ``pointer_score`` 'joint' scores a group's colour and shape together (one MLP), 'factored'
     as the sum of a colour-only and a colour-blind part, which carries over to colour / shape
     pairs training never showed (``pointer.InstructionPointer``; needs coloured points).
+    'attribute' scores a group by what it is: the probability that its colour is the colour
+    the instruction names times the probability that its kind (a shape, or 'zone') is the kind
+    named, over the class names ``pointer_colours`` and ``pointer_kinds`` (which training
+    labels from the recorder's metadata); it needs coloured points and ``object_context``.
+    Its points are the group centres weighted by the softmax of its logits (the log of that
+    product) times ``pointer_sharpness`` (> 0): at 1 the mass that partial matches (the named
+    colour on another kind) keep pulls the point off the named object, higher values
+    concentrate it on the best-matching groups (a choice of this package, docs/training.md,
+    run 39). It changes the points only, not the logits the pointer loss and pruners read, so
+    it can be set after training.
     """
 
     vision: VisionTowerConfig = field(default_factory=VisionTowerConfig)
@@ -102,6 +113,9 @@ class MVLAConfig:
     line_features: bool = False
     object_context: bool = False
     pointer_score: str = 'joint'
+    pointer_colours: list[str] = field(default_factory=list)
+    pointer_kinds: list[str] = field(default_factory=list)
+    pointer_sharpness: float = 1.0
 
     def __post_init__(self) -> None:
         self.pointers = list(self.pointers)
@@ -126,6 +140,20 @@ class MVLAConfig:
                              f'{self.pointer_score!r}')
         if self.pointer_score == 'factored' and not self.points.colour:
             raise ValueError("pointer_score 'factored' has a colour part: it needs points.colour")
+        self.pointer_colours = list(self.pointer_colours)
+        self.pointer_kinds = list(self.pointer_kinds)
+        if not (math.isfinite(self.pointer_sharpness) and self.pointer_sharpness > 0):
+            raise ValueError(f'pointer_sharpness must be a positive number, got '
+                             f'{self.pointer_sharpness}')
+        if self.pointer_score == 'attribute':
+            if not self.object_context:
+                raise ValueError("pointer_score 'attribute' tells kinds apart by the object "
+                                 'context: it needs object_context')
+            for name, classes in (('pointer_colours', self.pointer_colours),
+                                  ('pointer_kinds', self.pointer_kinds)):
+                if not classes or len(set(classes)) != len(classes):
+                    raise ValueError(f"pointer_score 'attribute' needs distinct {name}, got "
+                                     f'{classes}')
         unknown = [name for name in self.pointers if name not in POINTER_TARGETS]
         if unknown or len(set(self.pointers)) != len(self.pointers):
             raise ValueError(f'pointers must be distinct names from {POINTER_TARGETS}, got '

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Optional
 
-from vla_pruned_ros.model.object_context import object_context_flops
+from vla_pruned_ros.model.object_context import OBJECT_CONTEXT_WIDTH, object_context_flops
 from vla_pruned_ros.model.runner import AttentionProbe, LayerRunner
 from vla_pruned_ros.tokens.layout import TokenLayout
 
@@ -106,12 +106,28 @@ class PointerShape:
     colour_part: bool = False
     # Points per group the object context reads (0 without it).
     context_group_size: int = 0
+    # The attribute score's colour and kind classes ((0, 0) without it; then ``descriptor``
+    # is unused).
+    attribute_classes: tuple[int, int] = (0, 0)
 
     def flops(self, n_groups: int) -> float:
         """Text layer and pooling (fixed), then the group keys and scores per given group."""
         w, t, p = self.width, self.text_length, self.pointers
         text = (linear_flops(t, w, 4 * w) + 2 * 2.0 * t * t * w  # attention
                 + linear_flops(t, w, 2 * w) + linear_flops(t, 2 * w, w))  # feed-forward
+        points = 2.0 * p * n_groups * 3  # softmax-weighted centres
+        context = (object_context_flops(n_groups, self.context_group_size)
+                   if self.context_group_size else 0.0)
+        if any(self.attribute_classes):
+            colours, kinds = self.attribute_classes
+            pooling = 2.0 * p * t * w * 2 + linear_flops(p, w, colours + kinds)
+            classes = (linear_flops(n_groups, 3, w) + linear_flops(n_groups, w, colours + 1)
+                       + linear_flops(n_groups, 3 + OBJECT_CONTEXT_WIDTH, w)
+                       + linear_flops(n_groups, w, w)
+                       + linear_flops(n_groups, w, kinds + 1))
+            matches = 2.0 * p * n_groups * (colours + kinds)
+            return (text + pooling + context + classes + matches + points
+                    + linear_flops(1, 3 * p, w))
         pooling = 2.0 * p * t * w * 2 + linear_flops(p, w, w)
         keys = linear_flops(n_groups, self.descriptor, w) + linear_flops(n_groups, w, w)
         scores = p * (linear_flops(n_groups, 2 * w, w) + linear_flops(n_groups, w, 1))
@@ -119,10 +135,7 @@ class PointerShape:
             pooling += linear_flops(p, w, w)
             keys += linear_flops(n_groups, 3, w) + linear_flops(n_groups, w, w)
             scores *= 2
-        if self.context_group_size:
-            keys += object_context_flops(n_groups, self.context_group_size)
-        points = 2.0 * p * n_groups * 3  # softmax-weighted centres
-        return text + pooling + keys + scores + points + linear_flops(1, 3 * p, w)
+        return text + pooling + keys + context + scores + points + linear_flops(1, 3 * p, w)
 
 
 @dataclass
@@ -179,9 +192,11 @@ class FlopsModel:
                 width=decoder_config.hidden_size,
                 pointers=len(model.config.pointers),
                 text_length=model.config.instruction_tokens,
-                descriptor=model.pointer.key[0].in_features,
+                descriptor=(0 if model.pointer.attributes else
+                            model.pointer.key[0].in_features),
                 colour_part=model.pointer.factored,
                 context_group_size=points.group_size if model.pointer.object_context else 0,
+                attribute_classes=model.pointer.attributes or (0, 0),
             ),
             head_hidden=model.config.head_hidden,
             head_features=0 if model.pointer is None else model.pointer.to_head.in_features,

@@ -103,6 +103,9 @@ class MultiModalVLA(nn.Module):
                 config.points.point_features, config.proprio_dim, config.camera_to_base,
                 config.line_features, config.object_context,
                 factored=config.pointer_score == 'factored',
+                attributes=((len(config.pointer_colours), len(config.pointer_kinds))
+                            if config.pointer_score == 'attribute' else None),
+                sharpness=config.pointer_sharpness,
             )
         self.register_buffer('action_mean', torch.tensor(config.action_mean, dtype=torch.float32))
         self.register_buffer('action_std', torch.tensor(config.action_std, dtype=torch.float32))

@@ -52,15 +52,39 @@ from vla_pruned_ros.model.object_context import OBJECT_CONTEXT_WIDTH, object_des
 # Targets a pointer may name; the training labels of each come from the recorder's metadata.
 POINTER_TARGETS = ('object', 'zone')
 # How a group's descriptor is matched to the instruction (InstructionPointer's ``factored``).
-POINTER_SCORES = ('joint', 'factored')
+POINTER_SCORES = ('joint', 'factored', 'attribute')
+# Floor of the attribute score's match probabilities before their log (no -inf logits).
+ATTRIBUTE_FLOOR = 1e-6
+
+
+@dataclass
+class AttributeLogits:
+    """
+    The attribute score's class logits (``pointer_score='attribute'``).
+
+    ``text_colour`` [B, P, C] and ``text_kind`` [B, P, K]: which colour and kind each pointer's
+    instruction summary names. ``group_colour`` [B, G, C + 1] and ``group_kind`` [B, G, K + 1]:
+    what each group is; the last class of each is 'none' (the table's marks, the gripper, no
+    object).
+    """
+
+    text_colour: torch.Tensor
+    text_kind: torch.Tensor
+    group_colour: torch.Tensor
+    group_kind: torch.Tensor
 
 
 @dataclass
 class PointerOutput:
-    """Scores [B, P, G] of every given 3D token per pointer, and the points [B, P, 3]."""
+    """
+    Scores [B, P, G] of every given 3D token per pointer, and the points [B, P, 3].
+
+    ``attributes`` holds the class logits the scores came from, with the attribute score.
+    """
 
     logits: torch.Tensor
     points: torch.Tensor
+    attributes: Optional[AttributeLogits] = None
 
 
 # Scales that bring the group descriptors to order one: centres (a metre or less from the
@@ -165,6 +189,7 @@ class InstructionPointer(nn.Module):
         point_features: int = 3, proprio_dim: int = 0,
         camera_to_base: Optional['list[list[float]]'] = None, line: bool = False,
         object_context: bool = False, factored: bool = False,
+        attributes: Optional[tuple[int, int]] = None, sharpness: float = 1.0,
     ) -> None:
         super().__init__()
         self.num_pointers = num_pointers
@@ -181,7 +206,13 @@ class InstructionPointer(nn.Module):
         if factored and point_features < 6:
             raise ValueError('a factored score has a colour part: it needs coloured points, got '
                              f'point_features={point_features}')
+        if attributes is not None and (factored or not object_context or min(attributes) < 1):
+            raise ValueError('the attribute score needs the object context, is not factored and '
+                             f'needs at least one colour and one kind, got {attributes}')
         self.line = line
+        self.attributes = attributes
+        # Sharpens where the attribute score places its points (MVLAConfig.pointer_sharpness).
+        self.sharpness = float(sharpness)
         self.object_context = object_context
         self.factored = factored
         # Part of the configuration, not a weight: not saved in the state dict.
@@ -199,25 +230,40 @@ class InstructionPointer(nn.Module):
             norm_first=True,
         )
         self.pool_queries = nn.Parameter(torch.randn(num_pointers, width) * 0.02)
-        self.query = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, width))
-        descriptor = 9 if point_features >= 6 else 6
-        if object_context:
-            descriptor += OBJECT_CONTEXT_WIDTH
-        if factored:
-            descriptor -= COLOUR_WIDTH
-        self.key = nn.Sequential(
-            nn.Linear(descriptor, width), nn.GELU(), nn.Linear(width, width))
-        # The score reads the group and its product with the text summary: a match of colour
-        # AND shape is a conjunction, which one bilinear form cannot express.
-        self.score = nn.Sequential(nn.Linear(2 * width, width), nn.GELU(), nn.Linear(width, 1))
-        if factored:
-            # A conjunction learnt from the pairs shown carries over poorly to pairs never
-            # shown: the factored score adds a colour-only part to a colour-blind one.
-            self.colour_query = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, width))
-            self.colour_key = nn.Sequential(
-                nn.Linear(COLOUR_WIDTH, width), nn.GELU(), nn.Linear(width, width))
-            self.colour_score = nn.Sequential(
+        if attributes is None:
+            self.query = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, width))
+            descriptor = 9 if point_features >= 6 else 6
+            if object_context:
+                descriptor += OBJECT_CONTEXT_WIDTH
+            if factored:
+                descriptor -= COLOUR_WIDTH
+            self.key = nn.Sequential(
+                nn.Linear(descriptor, width), nn.GELU(), nn.Linear(width, width))
+            # The score reads the group and its product with the text summary: a match of
+            # colour AND shape is a conjunction, which one bilinear form cannot express.
+            self.score = nn.Sequential(
                 nn.Linear(2 * width, width), nn.GELU(), nn.Linear(width, 1))
+            if factored:
+                # A conjunction learnt from the pairs shown carries over poorly to pairs never
+                # shown: the factored score adds a colour-only part to a colour-blind one.
+                self.colour_query = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, width))
+                self.colour_key = nn.Sequential(
+                    nn.Linear(COLOUR_WIDTH, width), nn.GELU(), nn.Linear(width, width))
+                self.colour_score = nn.Sequential(
+                    nn.Linear(2 * width, width), nn.GELU(), nn.Linear(width, 1))
+        else:
+            # What a group is, told by parts that never see each other's input: its colour
+            # from its mean colour alone, its kind (a shape, or a flat zone) from its extent
+            # and object context alone. A pair training never named is then the product of a
+            # colour and a kind that training named with other partners.
+            colours, kinds = attributes
+            self.text_attributes = nn.Sequential(
+                nn.LayerNorm(width), nn.Linear(width, colours + kinds))
+            self.group_colour = nn.Sequential(
+                nn.Linear(COLOUR_WIDTH, width), nn.GELU(), nn.Linear(width, colours + 1))
+            self.group_kind = nn.Sequential(
+                nn.Linear(3 + OBJECT_CONTEXT_WIDTH, width), nn.GELU(), nn.Linear(width, width),
+                nn.GELU(), nn.Linear(width, kinds + 1))
         self.scale = 1.0 / math.sqrt(width)
         # The points reach the actions twice: through the decoder (added to the action-query
         # inputs) and straight into the action head together with the pose, where moving
@@ -259,6 +305,9 @@ class InstructionPointer(nn.Module):
             return PointerOutput(logits=pooled.new_zeros(batch, self.num_pointers, 0),
                                  points=pooled.new_zeros(batch, self.num_pointers, 3))
         descriptors = group_descriptors(neighbourhoods.to(dtype), centres.to(dtype))
+        if self.attributes is not None:
+            context = object_descriptors(neighbourhoods, centres, self.camera_to_base)
+            return self._attribute_output(pooled, descriptors, context.to(dtype), centres)
         colours = descriptors[..., 6:]
         if self.factored:
             descriptors = descriptors[..., :6]
@@ -271,6 +320,35 @@ class InstructionPointer(nn.Module):
                 self.colour_score, self.colour_key(colours), self.colour_query(pooled))
         points = torch.einsum('bpg,bgc->bpc', torch.softmax(logits, dim=-1), centres.to(dtype))
         return PointerOutput(logits=logits, points=points)
+
+    def _attribute_output(
+        self, pooled: torch.Tensor, descriptors: torch.Tensor, context: torch.Tensor,
+        centres: torch.Tensor,
+    ) -> PointerOutput:
+        """
+        The attribute score: log P(named colour) + log P(named kind) per group and pointer.
+
+        Each probability is the match of the instruction's class distribution with the
+        group's, e.g. sum over colours c of P(pointer names c) * P(group has colour c). The
+        points are the group centres weighted by the softmax of the logits times the sharpness
+        (the product raised to that power); the logits themselves, which the pointer loss and
+        the pruners read, do not depend on it.
+        """
+        colours, kinds = self.attributes
+        text = self.text_attributes(pooled)
+        text_colour, text_kind = text[..., :colours], text[..., colours:]
+        group_colour = self.group_colour(descriptors[..., 6:9])
+        group_kind = self.group_kind(torch.cat([descriptors[..., 3:6], context], dim=-1))
+        colour_match = torch.einsum('bpc,bgc->bpg', torch.softmax(text_colour, dim=-1),
+                                    torch.softmax(group_colour, dim=-1)[..., :colours])
+        kind_match = torch.einsum('bpk,bgk->bpg', torch.softmax(text_kind, dim=-1),
+                                  torch.softmax(group_kind, dim=-1)[..., :kinds])
+        logits = (colour_match.clamp_min(ATTRIBUTE_FLOOR).log()
+                  + kind_match.clamp_min(ATTRIBUTE_FLOOR).log())
+        placement = torch.softmax(self.sharpness * logits, dim=-1)
+        points = torch.einsum('bpg,bgc->bpc', placement, centres.to(logits.dtype))
+        return PointerOutput(logits=logits, points=points, attributes=AttributeLogits(
+            text_colour, text_kind, group_colour, group_kind))
 
     def embed(self, output: PointerOutput) -> torch.Tensor:
         """What the action queries receive: [B, width] from the points."""
@@ -323,3 +401,29 @@ def pointer_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     log_probs = torch.log_softmax(logits[known].float(), dim=-1)
     on_target = log_probs.masked_fill(labels[known] <= 0, float('-inf'))
     return -torch.logsumexp(on_target, dim=-1).mean()
+
+
+def attribute_loss(
+    attributes: AttributeLogits, named: torch.Tensor, group_colour: torch.Tensor,
+    group_kind: torch.Tensor,
+) -> torch.Tensor:
+    """
+    Cross-entropy of the attribute score's classes against what the scene really holds.
+
+    ``named`` [B, P, 2] holds per pointer the class indices of the colour and the kind its
+    instruction names; ``group_colour`` and ``group_kind`` [B, G] those of what each group lies
+    on (the last class: none). -1 marks unknown labels, which do not count. The sum of the
+    four mean cross-entropies (text colour, text kind, group colour, group kind); zero (with a
+    gradient path) where none is known.
+    """
+    pairs = (
+        (attributes.text_colour, named[..., 0]), (attributes.text_kind, named[..., 1]),
+        (attributes.group_colour, group_colour), (attributes.group_kind, group_kind),
+    )
+    total = attributes.text_colour.sum() * 0.0
+    for logits, labels in pairs:
+        labels = labels.to(logits.device).long()
+        if (labels >= 0).any():
+            total = total + nn.functional.cross_entropy(
+                logits.flatten(0, -2).float(), labels.flatten(), ignore_index=-1)
+    return total

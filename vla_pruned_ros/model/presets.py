@@ -17,6 +17,10 @@ Named model shapes.
   (``object_context``) and score colour and shape apart (``pointer_score='factored'``): fewer
   grounding errors on the heldout colour / shape pairs, not (yet) more closed-loop successes
   (docs/training.md, runs 20-26).
+- ``sim-attribute``: ``sim`` whose pointers score each group by the probability that its colour
+  and its kind (a shape, or a zone) are the ones named, from two classifiers that never see
+  each other's input (``pointer_score='attribute'``), trained with class labels from the
+  recorder's metadata (docs/training.md, run 39).
 - ``mla-7b``: the tri-stage paper's MLA shape: LLaMA-2-7B decoder with 256 2D + 256 3D
   tokens. Random weights, for latency measurements only (use bf16 on a GPU).
 """
@@ -92,6 +96,25 @@ def _sim_shape() -> MVLAConfig:
     return config
 
 
+# The benchmark's vocabulary (vla_pruned_ros.sim.scene.COLOURS and SHAPES, and its push
+# zones; that module needs MuJoCo, which a model preset must not): the attribute score's
+# classes.
+SIM_COLOURS = ('red', 'green', 'blue', 'yellow', 'orange', 'purple', 'cyan', 'pink')
+SIM_KINDS = ('cube', 'block', 'cylinder', 'sphere', 'zone')
+
+
+def _sim_attribute() -> MVLAConfig:
+    config = _sim()
+    config.preset = 'sim-attribute'
+    config.object_context = True
+    config.pointer_score = 'attribute'
+    config.pointer_colours = list(SIM_COLOURS)
+    config.pointer_kinds = list(SIM_KINDS)
+    # Chosen on the selection set (heldout seeds 1000-1099) among 1, 4 and 10 (run 39).
+    config.pointer_sharpness = 10.0
+    return config
+
+
 def _base_visual() -> dict:
     return {
         'vision': VisionTowerConfig(
@@ -133,6 +156,7 @@ PRESETS: dict[str, Callable[[], MVLAConfig]] = {
     'small': _small,
     'sim': _sim,
     'sim-shape': _sim_shape,
+    'sim-attribute': _sim_attribute,
     'mla-7b': _mla_7b,
 }
 

@@ -24,6 +24,8 @@ DEFAULT_LATCHED = ('/instruction', '/episode')
 # /clock is published at least this often (wall time) while waiting for the next message.
 CLOCK_PERIOD_S = 0.01
 PROGRESS_PERIOD_S = 2.0
+# How long play waits at the end for its reliable subscribers to acknowledge the last messages.
+DELIVERY_TIMEOUT_S = 5.0
 
 
 class BagError(ValueError):
@@ -147,6 +149,26 @@ class BagPlayer:
                 return True
             time.sleep(0.05)
         return False
+
+    def wait_for_delivery(self, timeout_s: float) -> bool:
+        """
+        Wait (wall time) until every subscriber acknowledged what was published.
+
+        The publishers are reliable; a process that exits right after its last publish can
+        take samples still in flight with it (the last image of a short bag, seen under load).
+        True when everything was acknowledged within ``timeout_s``.
+        """
+        from rclpy.duration import Duration
+
+        deadline = time.monotonic() + timeout_s
+        publishers = list(self._publishers.values())
+        if self._clock_pub is not None:
+            publishers.append(self._clock_pub)
+        for publisher in publishers:
+            left = max(0.0, deadline - time.monotonic())
+            if not publisher.wait_for_all_acked(Duration(nanoseconds=int(left * NS_PER_S))):
+                return False
+        return True
 
     def _publish_clock(self, bag_ns: int) -> None:
         if self._clock_pub is not None:
@@ -274,6 +296,9 @@ def run(args: argparse.Namespace) -> int:
               f'{" with /clock" if args.clock else ""}', flush=True)
         summary = player.play(progress=None if args.quiet else lambda line: print(line,
                                                                                  flush=True))
+        if not player.wait_for_delivery(DELIVERY_TIMEOUT_S):
+            print(f'play: some subscriber did not acknowledge every message within '
+                  f'{DELIVERY_TIMEOUT_S:g} s', file=sys.stderr)
         print(f'play: done, {summary.messages} messages', flush=True)
     except BagError as err:
         print(f'play: {err}', file=sys.stderr)

@@ -83,6 +83,9 @@ def add_parser(subparsers: 'argparse._SubParsersAction') -> argparse.ArgumentPar
     parser.add_argument('--head-views', type=int, default=2,
                         help='head stage: trunk outputs per frame, the first with every token, '
                              'the others with random token dropout')
+    parser.add_argument('--head-state-dropout', type=float, default=0.0,
+                        help='head stage: dropout rate on the decoder states the head reads, '
+                             'so it leans on the pointer and pose features (default off)')
     parser.add_argument('--no-progress', dest='progress', action='store_false')
     return parser
 
@@ -102,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
         ground_weight=args.ground_weight,
         pointer_weight=args.pointer_weight,
         proprio_drop_prob=args.proprio_drop_prob,
-        stage=args.stage, head_views=args.head_views, word_noise=args.word_noise,
+        stage=args.stage, head_views=args.head_views,
+        head_state_dropout=args.head_state_dropout, word_noise=args.word_noise,
         fresh_pointer=args.fresh_pointer, object_labels=args.object_labels,
     )
     try:

@@ -188,6 +188,96 @@ def zone_groups(
     return (inside & (world[:, 2] <= ZONE_MAX_HEIGHT_M)).astype(np.float32)
 
 
+# A group lies on an object when its centre is within this of the object's footprint (m).
+FOOTPRINT_MARGIN_M = 0.01
+# Shapes drawn as boxes (their metadata size is three half-extents, the footprint a rectangle).
+BOX_SHAPES = ('cube', 'block')
+ZONE_KIND = 'zone'
+
+
+def _on_object(world: np.ndarray, item: dict, centre: np.ndarray) -> np.ndarray:
+    """Which world-frame centres [G, 3] lie on the object ``item`` whose centre is ``centre``."""
+    size = item['size']
+    offset = world[:, :2] - centre[:2]
+    if item.get('shape') in BOX_SHAPES:
+        cos, sin = np.cos(item.get('yaw', 0.0)), np.sin(item.get('yaw', 0.0))
+        along = np.abs(offset[:, 0] * cos + offset[:, 1] * sin)
+        across = np.abs(-offset[:, 0] * sin + offset[:, 1] * cos)
+        margin = FOOTPRINT_MARGIN_M
+        inside = (along <= size[0] + margin) & (across <= size[1] + margin)
+    else:
+        inside = np.linalg.norm(offset, axis=1) <= size[0] + FOOTPRINT_MARGIN_M
+    half_height = size[0] if item.get('shape') == 'sphere' else size[-1]
+    return inside & (world[:, 2] <= centre[2] + half_height + TOP_MARGIN_M)
+
+
+def attribute_groups(
+    centres: np.ndarray, camera_to_world: Optional[np.ndarray], metadata: dict,
+    colours: Sequence[str], kinds: Sequence[str], target_now: Optional[np.ndarray] = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """
+    What each point group lies on, as class indices: (colour [G], kind [G]) int8.
+
+    The labels of the attribute score (``pointer_score='attribute'``): an object of the
+    ``/episode`` metadata (its colour, its shape as the kind) when the group's centre
+    (``centres`` [G, 3], camera frame) lies over its footprint and below its top; a zone
+    (its colour, kind 'zone') when inside the disc on the table; else the 'none' class of
+    each (index ``len(colours)`` / ``len(kinds)``). Objects stand where they started, the
+    named one where ``target_now`` (world frame, the recorded track) says when given. -1
+    where unknown: no transform, two objects claim the group, or a class outside
+    ``colours`` / ``kinds``.
+    """
+    unknown = np.full(len(centres), -1, np.int8)
+    if camera_to_world is None or not metadata.get('objects'):
+        return unknown, unknown.copy()
+    world = _to_world(centres, camera_to_world)
+    colour = np.full(len(centres), len(colours), np.int8)
+    kind = np.full(len(centres), len(kinds), np.int8)
+    claims = np.zeros(len(centres), np.int32)
+    named = _target_item(metadata)
+
+    def claim(mask: np.ndarray, colour_name: str, kind_name: Optional[str]) -> None:
+        claims[mask] += 1
+        colour[mask] = colours.index(colour_name) if colour_name in colours else -1
+        kind[mask] = kinds.index(kind_name) if kind_name in kinds else -1
+
+    for item in metadata['objects']:
+        if not item.get('size'):
+            continue
+        half_height = item['size'][0] if item.get('shape') == 'sphere' else item['size'][-1]
+        centre = np.array([item['x'], item['y'], half_height], np.float64)
+        if item is named and target_now is not None and np.isfinite(target_now).all():
+            centre = np.asarray(target_now, np.float64)
+        claim(_on_object(world, item, centre), item.get('colour'), item.get('shape'))
+    for zone in metadata.get('zones') or []:
+        inside = np.linalg.norm(world[:, :2] - (zone['x'], zone['y']), axis=1) <= zone['radius']
+        claim(inside & (world[:, 2] <= ZONE_MAX_HEIGHT_M), zone.get('colour'), ZONE_KIND)
+    colour[claims > 1] = -1
+    kind[claims > 1] = -1
+    return colour, kind
+
+
+def named_attributes(
+    metadata: dict, colours: Sequence[str], kinds: Sequence[str]
+) -> np.ndarray:
+    """
+    The class indices of the colour and the kind the instruction names, per pointer target.
+
+    [2, 2] int8 in ``POINTER_TARGETS`` order (object, zone); -1 where unknown or nothing is
+    named (no zone outside push).
+    """
+    named = np.full((2, 2), -1, np.int8)
+    item = _target_item(metadata)
+    if item is not None:
+        named[0] = [colours.index(item['colour']) if item.get('colour') in colours else -1,
+                    kinds.index(item['shape']) if item.get('shape') in kinds else -1]
+    zone = metadata.get('zone')
+    if zone:
+        named[1] = [colours.index(zone) if zone in colours else -1,
+                    kinds.index(ZONE_KIND) if ZONE_KIND in kinds else -1]
+    return named
+
+
 def _to_world(centres: np.ndarray, camera_to_world: np.ndarray) -> np.ndarray:
     transform = np.asarray(camera_to_world, np.float64)
     return np.asarray(centres, np.float64) @ transform[:3, :3].T + transform[:3, 3]
@@ -315,6 +405,9 @@ class Samples:
     auxiliary localisation loss, see :func:`target_position`). ``target_groups`` [N, G] marks
     the point groups on that object (1/0, NaN rows where unknown; see :func:`target_groups`),
     ``zone_groups`` [N, G] those on the zone a push instruction names (:func:`zone_groups`).
+    For a model with the attribute score, ``named_attributes`` [N, 2, 2] and ``group_colour``
+    / ``group_kind`` [N, G] hold its class labels (:func:`named_attributes`,
+    :func:`attribute_groups`; -1 throughout for other models).
     """
 
     pixel_values: np.ndarray
@@ -330,6 +423,19 @@ class Samples:
     zone_groups: np.ndarray
     instructions: list[str]
     families: list[str]
+    named_attributes: Optional[np.ndarray] = None
+    group_colour: Optional[np.ndarray] = None
+    group_kind: Optional[np.ndarray] = None
+
+    def __post_init__(self) -> None:
+        # Samples cached before the attribute labels existed: unknown throughout.
+        count, groups = self.target_groups.shape
+        if self.named_attributes is None:
+            self.named_attributes = np.full((count, 2, 2), -1, np.int8)
+        if self.group_colour is None:
+            self.group_colour = np.full((count, groups), -1, np.int8)
+        if self.group_kind is None:
+            self.group_kind = np.full((count, groups), -1, np.int8)
 
     def __len__(self) -> int:
         return len(self.actions)
@@ -354,11 +460,15 @@ class Samples:
             self.proprio[rows], self.actions[rows], self.instruction[rows], self.episode[rows],
             self.family[rows], self.target_xy[rows], self.target_groups[rows],
             self.zone_groups[rows], list(self.instructions), list(self.families),
+            self.named_attributes[rows], self.group_colour[rows], self.group_kind[rows],
         )
 
 
 _ARRAYS = ('pixel_values', 'neighbourhoods', 'centres', 'proprio', 'actions', 'instruction',
-           'episode', 'family', 'target_xy', 'target_groups', 'zone_groups')
+           'episode', 'family', 'target_xy', 'target_groups', 'zone_groups', 'named_attributes',
+           'group_colour', 'group_kind')
+# Arrays a cache written before they existed may lack (Samples fills them in).
+_OPTIONAL_ARRAYS = ('named_attributes', 'group_colour', 'group_kind')
 # Arrays of indices that concatenation has to remap or renumber.
 _INDEX_ARRAYS = ('instruction', 'family', 'episode')
 
@@ -399,7 +509,18 @@ def _cache_key(bag: Path, model: Any, object_labels: str = 'start') -> str:
     }
     if object_labels != 'start':  # (so the caches of 'start' keep their names)
         signature['object_labels'] = object_labels
+    classes = _attribute_classes(model)
+    if classes is not None:  # (likewise for models without the attribute score)
+        signature['attribute_classes'] = classes
     return hashlib.sha256(json.dumps(signature, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _attribute_classes(model: Any) -> Optional[list[list[str]]]:
+    """The colour and kind class names of a model with the attribute score, else None."""
+    config = model.config
+    if getattr(config, 'pointer_score', None) != 'attribute':
+        return None
+    return [list(config.pointer_colours), list(config.pointer_kinds)]
 
 
 def encode_bag(bag: 'str | Path', model: Any, object_labels: str = 'start') -> Samples:
@@ -418,6 +539,7 @@ def encode_bag(bag: 'str | Path', model: Any, object_labels: str = 'start') -> S
     if object_labels not in OBJECT_LABELS:
         raise DatasetError(f'object_labels must be one of {OBJECT_LABELS}, got {object_labels!r}')
     config = model.config
+    classes = _attribute_classes(model)
     rows: dict[str, list] = {name: [] for name in _ARRAYS}
     instructions: list[str] = []
     families: list[str] = []
@@ -458,6 +580,13 @@ def encode_bag(bag: 'str | Path', model: Any, object_labels: str = 'start') -> S
                 labels = target_groups(groups.centres, camera_to_world, target, ee_xy)
             rows['target_groups'].append(labels)
             rows['zone_groups'].append(zone_groups(groups.centres, camera_to_world, zone))
+            if classes is not None:
+                rows['named_attributes'].append(named_attributes(episode.metadata, *classes))
+                colour, kind = attribute_groups(groups.centres, camera_to_world,
+                                                episode.metadata, *classes,
+                                                target_now=frame.target_position)
+                rows['group_colour'].append(colour)
+                rows['group_kind'].append(kind)
     if not rows['actions']:
         raise DatasetError(f'{bag} holds no observation with an expert action chunk')
     return Samples(
@@ -474,6 +603,8 @@ def encode_bag(bag: 'str | Path', model: Any, object_labels: str = 'start') -> S
         zone_groups=np.stack(rows['zone_groups']).astype(np.float32),
         instructions=instructions,
         families=families,
+        **({} if classes is None else {
+            name: np.stack(rows[name]).astype(np.int8) for name in _OPTIONAL_ARRAYS}),
     )
 
 
@@ -481,7 +612,8 @@ def read_cached_samples(path: 'str | Path') -> Samples:
     """The samples of one bag as :func:`load_samples` cached them (a ``.npz`` file)."""
     with np.load(path) as data:
         strings = json.loads(str(data['strings']))
-        return Samples(**{k: data[k] for k in _ARRAYS}, **strings)
+        return Samples(**{k: data[k] for k in _ARRAYS
+                          if k in data.files or k not in _OPTIONAL_ARRAYS}, **strings)
 
 
 def load_samples(

@@ -50,7 +50,12 @@ from transformers.masking_utils import create_causal_mask
 from vla_pruned_ros.device import resolve_device
 from vla_pruned_ros.model.checkpoint import load_model, save_model
 from vla_pruned_ros.model.mvla import MultiModalVLA
-from vla_pruned_ros.model.pointer import POINTER_TARGETS, PointerOutput, pointer_loss
+from vla_pruned_ros.model.pointer import (
+    POINTER_TARGETS,
+    PointerOutput,
+    attribute_loss,
+    pointer_loss,
+)
 from vla_pruned_ros.model.presets import preset_config
 from vla_pruned_ros.model.text import InstructionEncoder, build_tokenizer
 from vla_pruned_ros.train.dataset import OBJECT_LABELS, Samples, load_samples
@@ -133,6 +138,11 @@ class TrainConfig:
     # module docstring).
     stage: str = 'all'
     head_views: int = 2
+    # Head stage: dropout rate on the decoder's action-query states the head reads (0 = off),
+    # so that the head leans on the pointer and pose features, which carry over to unseen
+    # scenes, rather than on decoder states it can fit frame by frame (docs/training.md,
+    # run 41). Inference reads the states whole.
+    head_state_dropout: float = 0.0
     # Share of drawn instructions that get runs of token ids no training instruction holds
     # inserted (word_noise.add_word_noise; 0 = off), so that unseen wording reads as noise.
     # The pointer and all stages; the head stage's trunk is fixed.
@@ -188,6 +198,12 @@ class TrainConfig:
                              'be > 0')
         if self.stage == 'head' and self.head_views < 1:
             raise TrainError(f'head_views must be >= 1, got {self.head_views}')
+        if not 0 <= self.head_state_dropout < 1:
+            raise TrainError(f'head_state_dropout must lie in [0, 1), got '
+                             f'{self.head_state_dropout}')
+        if self.head_state_dropout and self.stage != 'head':
+            raise TrainError("head_state_dropout acts on the head stage's trunk outputs: pass "
+                             '--stage head')
 
 
 @dataclass
@@ -221,6 +237,9 @@ class _Batches:
         self.target_xy = torch.from_numpy(samples.target_xy) / AUX_SCALE_M
         self.pointer_labels = {name: torch.from_numpy(samples.group_labels(name))
                                for name in POINTER_TARGETS}
+        self.named_attributes = torch.from_numpy(samples.named_attributes)
+        self.group_colour = torch.from_numpy(samples.group_colour)
+        self.group_kind = torch.from_numpy(samples.group_kind)
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -298,7 +317,11 @@ def _pointer_losses(
     pointer: PointerOutput, names: list[str], batches: '_Batches', rows: torch.Tensor,
     keep_3d: Optional[torch.Tensor],
 ) -> dict[str, torch.Tensor]:
-    """:func:`pointer_loss` of every pointer of the model against its labels (kept groups)."""
+    """
+    :func:`pointer_loss` of every pointer of the model against its labels (kept groups).
+
+    With the attribute score also its class loss (:func:`attribute_loss`), as 'attributes'.
+    """
     losses = {}
     for index, name in enumerate(names):
         labels = batches.group_labels(rows, name)
@@ -306,6 +329,13 @@ def _pointer_losses(
             labels = torch.gather(labels, 1, keep_3d)
         losses[name] = pointer_loss(pointer.logits[:, index],
                                     labels.to(pointer.logits.device))
+    if pointer.attributes is not None:
+        named = batches.named_attributes[rows][:, [POINTER_TARGETS.index(n) for n in names]]
+        colour, kind = batches.group_colour[rows], batches.group_kind[rows]
+        if keep_3d is not None:
+            colour = torch.gather(colour, 1, keep_3d)
+            kind = torch.gather(kind, 1, keep_3d)
+        losses['attributes'] = attribute_loss(pointer.attributes, named, colour, kind)
     return losses
 
 
@@ -526,7 +556,8 @@ def validation_pointer_loss(
         pointer = model.point(*_to(batches.pointer_inputs(rows), device))
         for name, value in _pointer_losses(pointer, model.config.pointers, batches, rows,
                                            None).items():
-            totals[name].append((float(value), len(rows)))
+            if name in totals:  # (the pointers' own losses, comparable across scores)
+                totals[name].append((float(value), len(rows)))
     return sum(sum(v * n for v, n in values) / sum(n for _, n in values)
                for values in totals.values() if values)
 
@@ -771,6 +802,7 @@ def train(config: TrainConfig) -> TrainResult:
             if head_data is not None:
                 rows = torch.randint(len(head_data), (config.batch_size,), generator=batch_rng)
                 states, pointer, proprio, targets = head_data.get(rows, device)
+                states = nn.functional.dropout(states, config.head_state_dropout)
                 loss = (model.head(states, pointer, proprio) - targets).abs().mean()
                 total = loss
             elif config.stage == 'pointer':
