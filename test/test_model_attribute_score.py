@@ -159,3 +159,14 @@ def test_sharpness_concentrates_the_point_on_the_best_matching_groups():
         data = dict(config.to_dict(), pointer_sharpness=bad)
         with pytest.raises(ValueError, match='pointer_sharpness'):
             MVLAConfig.from_dict(data)
+
+
+def test_the_sim_attribute_classes_are_the_benchmarks_vocabulary():
+    """The preset repeats the simulator's names (a preset may not import MuJoCo)."""
+    from vla_pruned_ros.model.presets import SIM_KINDS
+    from vla_pruned_ros.sim.scene import COLOURS, SHAPES
+    from vla_pruned_ros.sim.tasks import ZONE_COLOURS
+    from vla_pruned_ros.train.dataset import ZONE_KIND
+
+    assert tuple(COLOURS) == SIM_COLOURS and set(ZONE_COLOURS) <= set(SIM_COLOURS)
+    assert (*SHAPES, ZONE_KIND) == SIM_KINDS
