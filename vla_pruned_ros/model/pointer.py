@@ -311,15 +311,15 @@ class InstructionPointer(nn.Module):
             return PointerOutput(logits=pooled.new_zeros(batch, self.num_pointers, 0),
                                  points=pooled.new_zeros(batch, self.num_pointers, 3))
         descriptors = group_descriptors(neighbourhoods.to(dtype), centres.to(dtype))
+        context = (object_descriptors(neighbourhoods, centres, self.camera_to_base).to(dtype)
+                   if self.object_context else None)
         if self.attributes is not None:
-            context = object_descriptors(neighbourhoods, centres, self.camera_to_base)
-            return self._attribute_output(pooled, descriptors, context.to(dtype), centres)
+            return self._attribute_output(pooled, descriptors, context, centres)
         colours = descriptors[..., 6:]
         if self.factored:
             descriptors = descriptors[..., :6]
-        if self.object_context:
-            context = object_descriptors(neighbourhoods, centres, self.camera_to_base)
-            descriptors = torch.cat([descriptors, context.to(dtype)], dim=-1)
+        if context is not None:
+            descriptors = torch.cat([descriptors, context], dim=-1)
         logits = _match(self.score, self.key(descriptors), self.query(pooled))
         if self.factored:
             logits = logits + _match(

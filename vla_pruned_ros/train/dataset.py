@@ -156,6 +156,11 @@ def target_half_height(metadata: dict) -> float:
     item = _target_item(metadata)
     if item is None or not item.get('size'):
         return float('nan')
+    return _half_height(item)
+
+
+def _half_height(item: dict) -> float:
+    """Height of a metadata object's centre above the table at rest (m)."""
     # sim.scene.ObjectSpec.half_height's rule (that module needs MuJoCo): spheres are sized by
     # their radius, boxes and cylinders by their half height last.
     size = item['size']
@@ -183,9 +188,13 @@ def zone_groups(
     """
     if camera_to_world is None or not np.isfinite(zone).all():
         return np.full(len(centres), np.nan, np.float32)
-    world = _to_world(centres, camera_to_world)
-    inside = np.linalg.norm(world[:, :2] - zone[:2], axis=1) <= zone[2]
-    return (inside & (world[:, 2] <= ZONE_MAX_HEIGHT_M)).astype(np.float32)
+    return _on_zone(_to_world(centres, camera_to_world), zone).astype(np.float32)
+
+
+def _on_zone(world: np.ndarray, zone: 'np.ndarray | Sequence[float]') -> np.ndarray:
+    """Which world-frame centres [G, 3] lie on the flat disc ``zone`` (x, y, radius)."""
+    inside = np.linalg.norm(world[:, :2] - np.asarray(zone[:2]), axis=1) <= zone[2]
+    return inside & (world[:, 2] <= ZONE_MAX_HEIGHT_M)
 
 
 # A group lies on an object when its centre is within this of the object's footprint (m).
@@ -207,8 +216,7 @@ def _on_object(world: np.ndarray, item: dict, centre: np.ndarray) -> np.ndarray:
         inside = (along <= size[0] + margin) & (across <= size[1] + margin)
     else:
         inside = np.linalg.norm(offset, axis=1) <= size[0] + FOOTPRINT_MARGIN_M
-    half_height = size[0] if item.get('shape') == 'sphere' else size[-1]
-    return inside & (world[:, 2] <= centre[2] + half_height + TOP_MARGIN_M)
+    return inside & (world[:, 2] <= centre[2] + _half_height(item) + TOP_MARGIN_M)
 
 
 def attribute_groups(
@@ -244,14 +252,13 @@ def attribute_groups(
     for item in metadata['objects']:
         if not item.get('size'):
             continue
-        half_height = item['size'][0] if item.get('shape') == 'sphere' else item['size'][-1]
-        centre = np.array([item['x'], item['y'], half_height], np.float64)
+        centre = np.array([item['x'], item['y'], _half_height(item)], np.float64)
         if item is named and target_now is not None and np.isfinite(target_now).all():
             centre = np.asarray(target_now, np.float64)
         claim(_on_object(world, item, centre), item.get('colour'), item.get('shape'))
     for zone in metadata.get('zones') or []:
-        inside = np.linalg.norm(world[:, :2] - (zone['x'], zone['y']), axis=1) <= zone['radius']
-        claim(inside & (world[:, 2] <= ZONE_MAX_HEIGHT_M), zone.get('colour'), ZONE_KIND)
+        claim(_on_zone(world, (zone['x'], zone['y'], zone['radius'])), zone.get('colour'),
+              ZONE_KIND)
     colour[claims > 1] = -1
     kind[claims > 1] = -1
     return colour, kind
