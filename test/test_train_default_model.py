@@ -25,7 +25,7 @@ def test_shipped_files_stay_small():
 
 def test_default_policy_acts_on_the_sample_bag():
     policy = Policy.from_pretrained(str(DEFAULT_MODEL_DIR), device='cpu')
-    assert policy.config.preset == 'sim-attribute'
+    assert policy.config.preset == 'sim-branch'
     # Trained normalisation, not the identity of an untrained model.
     assert not np.allclose(policy.model.action_std.numpy(), 1.0)
     episodes = list(read_episodes(SAMPLE_BAG))

@@ -7,11 +7,13 @@ import pytest
 from safetensors.torch import load_file
 import torch
 
+from model_fixtures import make_observation
 from vla_pruned_ros.cli import main
 from vla_pruned_ros.model.mvla import MultiModalVLA
-from vla_pruned_ros.model.presets import preset_config
+from vla_pruned_ros.model.presets import PRESETS, preset_config
 from vla_pruned_ros.model.runner import LayerRunner
 from vla_pruned_ros.policy import Policy
+from vla_pruned_ros.pruning.budget import Budget
 from vla_pruned_ros.sim.record import read_episode_metadata, record_episodes
 from vla_pruned_ros.tokens.layout import TokenLayout
 from vla_pruned_ros.train.dataset import read_episodes
@@ -310,6 +312,49 @@ def test_head_stage_fits_only_the_head_of_a_trained_model_and_resumes(bag, tmp_p
         torch.testing.assert_close(resumed_weights[name], after[name], rtol=0, atol=1e-6)
     with pytest.raises(TrainError, match="'head' stage"):
         train(_config(bag, tmp_path / 'resumed', steps=40, resume=True))
+
+
+def test_head_stage_grows_a_geometry_branch_on_a_model_without_one(bag, tmp_path, monkeypatch):
+    def tiny_branch_only():
+        config = preset_config('tiny')
+        config.preset, config.head_branch, config.head_branch_mode = 'tiny-branch', 32, 'only'
+        return config
+
+    monkeypatch.setitem(PRESETS, 'tiny-branch', tiny_branch_only)
+    first = train(_config(bag, tmp_path / 'first', steps=2))
+    before = load_file(first.model_dir / 'model.safetensors')
+    settings = {'steps': 30, 'batch_size': 16, 'lr': 3e-3, 'stage': 'head',
+                'preset': 'tiny-branch', 'init_from': str(first.model_dir),
+                'cache_dir': str(tmp_path / 'shared')}
+    head = train(_config(bag, tmp_path / 'branch', **settings))
+    after = load_file(head.model_dir / 'model.safetensors')
+    # the trunk's outputs went to the shared cache; a second head stage reads them back
+    (cached,) = (tmp_path / 'shared').glob('head_features_*.pt')
+    written = cached.stat().st_mtime_ns
+    again = train(_config(bag, tmp_path / 'again', **settings))
+    assert cached.stat().st_mtime_ns == written
+    for name, value in load_file(again.model_dir / 'model.safetensors').items():
+        torch.testing.assert_close(value, after[name], rtol=0, atol=1e-6)
+    assert not (tmp_path / 'branch' / 'cache').exists()
+    branch = {name for name in after if name.startswith('branch.')}
+    assert branch and not branch & before.keys()
+    assert after['branch.layers.4.weight'].abs().sum() > 0  # it starts at zero, and learnt
+    for name in before:  # the trunk is the source's, bit for bit
+        if not name.startswith(('action_head.', 'pointer.to_head.')):
+            torch.testing.assert_close(after[name], before[name], rtol=0, atol=0)
+    log = [json.loads(line)
+           for line in (tmp_path / 'branch' / 'log.jsonl').read_text().splitlines()]
+    losses = [record['train_loss'] for record in log if 'train_loss' in record]
+    assert np.mean(losses[-5:]) < np.mean(losses[:5])
+    policy = Policy.from_pretrained(str(head.model_dir), device='cpu')
+    assert (policy.config.head_branch, policy.config.head_branch_mode) == (32, 'only')
+    assert policy.flops.branch_only
+    # the policy runs it, pruned or not, and its chunk is what the branch regresses
+    for pruner in ('dense', 'tri_stage'):
+        policy.configure(pruner, Budget(keep_ratio=0.25))
+        actions, stats = policy.step(make_observation(4))
+        assert actions.shape == (8, 7) and np.isfinite(actions).all()
+        assert stats.flops_dense > 0 and stats.pruner == pruner
 
 
 def test_pointer_stage_trains_only_where_the_pointers_point(bag, tmp_path):

@@ -81,8 +81,9 @@ class Policy:
         )
         self._pending = _Pending()
         self._lock = threading.Lock()
-        # Where the model's pointers pointed in the last step (camera frame; None without
-        # pointers): for diagnostics such as tools/rollout_trace.py.
+        # Where the model's pointers pointed in the last step of this episode (camera frame;
+        # None without pointers or after a reset): what a tracking pointer starts from
+        # (MVLAConfig.pointer_track_radius), and diagnostics such as tools/rollout_trace.py.
         self.last_pointer: Optional[PointerOutput] = None
 
     # ----------------------------------------------------------------------------- creation
@@ -159,6 +160,7 @@ class Policy:
         if pending.reset:
             self.pruner.reset()
             self._episode_steps[self.pruner] = 0
+            self.last_pointer = None  # a new episode: nothing to track
 
     @property
     def step_index(self) -> int:
@@ -205,7 +207,7 @@ class Policy:
         rows = seen.numpy()
         # One copy of the groups the pointers read; the encoder takes the kept ones from it.
         centres, neighbourhoods = self._group_tensors(groups, rows)
-        pointer = self.model.point(input_ids, centres, neighbourhoods)
+        pointer = self.model.point(input_ids, centres, neighbourhoods, self._previous_points())
         if seen.numel() != keep_3d.numel():  # seen is sorted (unique), keep_3d in plan order
             kept = torch.searchsorted(seen, keep_3d).to(self.device)
             centres, neighbourhoods = centres[:, kept], neighbourhoods[:, kept]
@@ -222,7 +224,11 @@ class Policy:
         self, groups: PointGroups, input_ids: torch.Tensor, rows: np.ndarray
     ) -> tuple[Optional[PointerOutput], np.ndarray]:
         """The pointers' output over the given 3D groups, and those groups."""
-        return self.model.point(input_ids, *self._group_tensors(groups, rows)), rows
+        return self.model.point(input_ids, *self._group_tensors(groups, rows),
+                                self._previous_points()), rows
+
+    def _previous_points(self) -> Optional[torch.Tensor]:
+        return None if self.last_pointer is None else self.last_pointer.points
 
     @torch.inference_mode()
     def step(self, observation: Observation) -> tuple[np.ndarray, StepStats]:

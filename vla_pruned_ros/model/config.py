@@ -7,6 +7,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from vla_pruned_ros.model.geometry_branch import BRANCH_MODES
 from vla_pruned_ros.model.pointer import POINTER_SCORES, POINTER_TARGETS
 from vla_pruned_ros.tokens.points_3d import PointTokenizerConfig
 from vla_pruned_ros.tokens.vision_2d import VisionTowerConfig
@@ -91,7 +92,15 @@ class MVLAConfig:
     colour on another kind) keep pulls the point off the named object, higher values
     concentrate it on the best-matching groups (a choice of this package, docs/training.md,
     run 39). It changes the points only, not the logits the pointer loss and pruners read, so
-    it can be set after training.
+    it can be set after training. So can ``pointer_refine_radius`` (metres, 0 = off): with it
+    only the groups that near a pointer's best-scoring group place its point
+    (``pointer.place_points``), for any score; with it, ``pointer_track_radius`` (metres,
+    0 = off) keeps a policy's point near where it was the step before unless a group elsewhere
+    scores ``pointer_track_margin`` (logit units) more. ``head_branch`` > 0 (its hidden width) adds
+    the geometry branch (:mod:`vla_pruned_ros.model.geometry_branch`): an MLP from the
+    pointed positions, the pose and a ``head_branch_summary``-value linear summary of the
+    action-query states to the chunk, added to the head's (``head_branch_mode`` 'add') or in
+    its place ('only'); it needs pointers.
     """
 
     vision: VisionTowerConfig = field(default_factory=VisionTowerConfig)
@@ -116,11 +125,25 @@ class MVLAConfig:
     pointer_colours: list[str] = field(default_factory=list)
     pointer_kinds: list[str] = field(default_factory=list)
     pointer_sharpness: float = 1.0
+    pointer_refine_radius: float = 0.0
+    pointer_track_radius: float = 0.0
+    pointer_track_margin: float = 2.0
+    head_branch: int = 0
+    head_branch_summary: int = 8
+    head_branch_mode: str = 'add'
 
     def __post_init__(self) -> None:
         self.pointers = list(self.pointers)
         if self.head_hidden < 0:
             raise ValueError(f'head_hidden must be >= 0, got {self.head_hidden}')
+        if self.head_branch < 0 or self.head_branch_summary < 0:
+            raise ValueError(f'head_branch and head_branch_summary must be >= 0, got '
+                             f'{self.head_branch} and {self.head_branch_summary}')
+        if self.head_branch and not self.pointers:
+            raise ValueError('head_branch reads the pointed positions: it needs pointers')
+        if self.head_branch_mode not in BRANCH_MODES:
+            raise ValueError(f'head_branch_mode must be one of {BRANCH_MODES}, got '
+                             f'{self.head_branch_mode!r}')
         if self.camera_to_base is not None:
             self.camera_to_base = _rigid_transform(self.camera_to_base)
             if not self.pointers or self.proprio_dim < 3:
@@ -145,6 +168,16 @@ class MVLAConfig:
         if not (math.isfinite(self.pointer_sharpness) and self.pointer_sharpness > 0):
             raise ValueError(f'pointer_sharpness must be a positive number, got '
                              f'{self.pointer_sharpness}')
+        if not (math.isfinite(self.pointer_refine_radius) and self.pointer_refine_radius >= 0):
+            raise ValueError(f'pointer_refine_radius must be >= 0 (metres), got '
+                             f'{self.pointer_refine_radius}')
+        for name in ('pointer_track_radius', 'pointer_track_margin'):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f'{name} must be >= 0, got {value}')
+        if self.pointer_track_radius and not self.pointer_refine_radius:
+            raise ValueError('pointer_track_radius chooses the group a refined point is placed '
+                             'around: it needs pointer_refine_radius')
         if self.pointer_score == 'attribute':
             if not self.object_context:
                 raise ValueError("pointer_score 'attribute' tells kinds apart by the object "

@@ -158,6 +158,11 @@ class FlopsModel:
     geometry_points: int = 0
     # Points the head's line features map into that frame (0 without line_features).
     line_points: int = 0
+    # The geometry branch: hidden width (0 without), summary width, and whether it replaces
+    # the head (mode 'only').
+    branch_hidden: int = 0
+    branch_summary: int = 0
+    branch_only: bool = False
 
     @classmethod
     def from_model(cls, model) -> 'FlopsModel':
@@ -204,6 +209,9 @@ class FlopsModel:
                              if model.pointer is not None and model.config.camera_to_base
                              else 0),
             line_points=2 if model.config.line_features else 0,
+            branch_hidden=model.config.head_branch,
+            branch_summary=model.config.head_branch_summary if model.config.head_branch else 0,
+            branch_only=bool(model.config.head_branch) and model.config.head_branch_mode == 'only',
         )
 
     def vision_tower(self, n_patches: int) -> float:
@@ -233,6 +241,11 @@ class FlopsModel:
 
     def action_head(self) -> float:
         """The regression head over the action queries (and the pointer's input to it)."""
+        # the pointed positions rotated into the end-effector pose's frame
+        total = linear_flops(self.geometry_points, 3, 3) + linear_flops(self.line_points, 3, 3)
+        total += self.geometry_branch()
+        if self.branch_only:
+            return total
         w, hidden = self.width, self.head_hidden
         if hidden:
             layers = (linear_flops(1, w, hidden) + linear_flops(1, hidden, hidden)
@@ -240,9 +253,17 @@ class FlopsModel:
         else:
             layers = linear_flops(1, w, w) + linear_flops(1, w, self.action_dim)
         extra = linear_flops(1, self.head_features, w) if self.head_features else 0.0
-        # the pointed positions rotated into the end-effector pose's frame
-        extra += linear_flops(self.geometry_points, 3, 3) + linear_flops(self.line_points, 3, 3)
-        return self.horizon * layers + extra
+        return total + self.horizon * layers + extra
+
+    def geometry_branch(self) -> float:
+        """The geometry branch's MLP and its summary of the action-query states (0 without)."""
+        hidden, summary = self.branch_hidden, self.branch_summary
+        if not hidden:
+            return 0.0
+        return (linear_flops(1, self.width, summary)
+                + linear_flops(1, self.head_features + summary, hidden)
+                + linear_flops(1, hidden, hidden)
+                + linear_flops(1, hidden, self.horizon * self.action_dim))
 
     def step(
         self,

@@ -7,7 +7,8 @@ them to the width of a transformers decoder (Qwen2 or Llama family), which reads
 regresses into an action chunk of ``horizon`` x ``action_dim`` in one forward pass. Models
 configured with ``pointers`` also locate what the instruction names among the 3D tokens
 (:mod:`vla_pruned_ros.model.pointer`) and add those points to the action-query inputs and
-to the head's.
+to the head's; with ``head_branch`` a geometry branch regresses a chunk from those points too
+(:mod:`vla_pruned_ros.model.geometry_branch`).
 
 The model exposes its stages separately (encode_2d, encode_3d, embed_text, ...) because the
 policy runs pruning hooks between them; :meth:`forward_dense` chains them for training.
@@ -20,6 +21,7 @@ from torch import nn
 from transformers import AutoModel, LlamaConfig, Qwen2Config
 
 from vla_pruned_ros.model.config import DecoderConfig, MVLAConfig
+from vla_pruned_ros.model.geometry_branch import GeometryBranch
 from vla_pruned_ros.model.pointer import InstructionPointer, PointerOutput
 from vla_pruned_ros.tokens.layout import (
     MODALITY_2D,
@@ -106,7 +108,15 @@ class MultiModalVLA(nn.Module):
                 attributes=((len(config.pointer_colours), len(config.pointer_kinds))
                             if config.pointer_score == 'attribute' else None),
                 sharpness=config.pointer_sharpness,
+                refine_radius=config.pointer_refine_radius,
+                track_radius=config.pointer_track_radius,
+                track_margin=config.pointer_track_margin,
             )
+        self.branch = None
+        if config.head_branch:
+            self.branch = GeometryBranch(
+                self.pointer.head_width, width, config.head_branch, config.head_branch_summary,
+                config.horizon, config.action_dim)
         self.register_buffer('action_mean', torch.tensor(config.action_mean, dtype=torch.float32))
         self.register_buffer('action_std', torch.tensor(config.action_std, dtype=torch.float32))
 
@@ -164,18 +174,20 @@ class MultiModalVLA(nn.Module):
         return queries
 
     def point(
-        self, input_ids: torch.Tensor, centres: torch.Tensor, neighbourhoods: torch.Tensor
+        self, input_ids: torch.Tensor, centres: torch.Tensor, neighbourhoods: torch.Tensor,
+        previous: Optional[torch.Tensor] = None,
     ) -> Optional[PointerOutput]:
         """
         Locate what the instruction names among the 3D groups (None without pointers).
 
         ``centres`` [B, G, 3] and ``neighbourhoods`` [B, G, k, F] are the groups whose tokens
         the decoder will read: pass exactly those, so pruning acts on the pointer as on the
-        decoder.
+        decoder. ``previous`` [B, P, 3]: the points of the episode's previous step, for a
+        model that tracks (``pointer_track_radius``).
         """
         if self.pointer is None:
             return None
-        return self.pointer(input_ids, centres, neighbourhoods)
+        return self.pointer(input_ids, centres, neighbourhoods, previous)
 
     def head(
         self, action_states: torch.Tensor, pointer: Optional[PointerOutput] = None,
@@ -185,21 +197,32 @@ class MultiModalVLA(nn.Module):
         Normalised action chunk [B, horizon, action_dim] from final action-query states.
 
         A model with pointers also reads ``pointer`` (and the pose ``proprio`` it was given)
-        here, see :meth:`InstructionPointer.head_input`.
+        here, see :meth:`InstructionPointer.head_input`; with a geometry branch its chunk is
+        added (``head_branch_mode`` 'add') or returned alone ('only').
         """
+        features = None
         if self.pointer is not None:
             if pointer is None:
                 raise ValueError('this model points at what the instruction names: pass the '
                                  'pointer output to head() as well')
-            extra = self.pointer.head_input(pointer, proprio if self.n_proprio else None)
+            features = self.pointer.head_features(pointer, proprio if self.n_proprio else None)
+        if self.branch is not None:
+            chunk = self.branch(features, action_states).float()
+            if self.config.head_branch_mode == 'only':
+                return chunk
+        if features is not None:
+            extra = self.pointer.to_head(features)
             action_states = action_states + extra.to(action_states.dtype).unsqueeze(1)
-        return self.action_head(action_states).float()
+        actions = self.action_head(action_states).float()
+        return actions + chunk if self.branch is not None else actions
 
     def head_parameters(self) -> list[nn.Parameter]:
         """The weights :meth:`head` adds after the decoder (what a head-only stage trains)."""
         parameters = list(self.action_head.parameters())
         if self.pointer is not None:
             parameters += list(self.pointer.to_head.parameters())
+        if self.branch is not None:
+            parameters += list(self.branch.parameters())
         return parameters
 
     def pointer_parameters(self) -> list[nn.Parameter]:

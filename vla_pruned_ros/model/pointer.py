@@ -187,6 +187,56 @@ def group_descriptors(neighbourhoods: torch.Tensor, centres: torch.Tensor) -> to
     return torch.cat(parts, dim=-1)
 
 
+def place_points(
+    logits: torch.Tensor, centres: torch.Tensor, sharpness: float = 1.0, radius: float = 0.0,
+    previous: Optional[torch.Tensor] = None, track_radius: float = 0.0,
+    track_margin: float = 0.0,
+) -> torch.Tensor:
+    """
+    Each pointer's point [B, P, 3]: the ``centres`` [B, G, 3], weighted.
+
+    The weights are softmax(sharpness x ``logits`` [B, P, G]).
+    With ``radius`` > 0 only the groups within that distance of the pointer's best-scoring
+    group keep their weight. The groups on one object then all place the point, at about its
+    centre, while groups of another thing that partly match (the named colour on another
+    shape) cannot pull it away: what a high sharpness does too, but a high sharpness also
+    leaves the point on the single best group, often at the object's edge (docs/training.md,
+    run 45).
+
+    Tracking (with ``radius``): given the ``previous`` step's points [B, P, 3] and
+    ``track_radius`` > 0, the group the point is placed around is the best one within
+    ``track_radius`` of the previous point, unless the best group anywhere scores more than
+    ``track_margin`` (logit units) above it or none lies that near. A pointer that found its
+    object then stays on it while another thing scores a little higher for a step (the gripper
+    passing over it, a partial view), and still leaves a thing it holds with less confidence.
+    """
+    scores = sharpness * logits
+    if radius > 0:
+        best = logits.argmax(dim=-1, keepdim=True)  # [B, P, 1]
+        if previous is not None and track_radius > 0:
+            best = _tracked_best(logits, centres, previous, best, track_radius, track_margin)
+        best = best.unsqueeze(-1).expand(-1, -1, -1, 3)
+        best_centre = torch.gather(centres.unsqueeze(1).expand(-1, logits.shape[1], -1, -1),
+                                   2, best)  # [B, P, 1, 3]
+        near = (centres.unsqueeze(1) - best_centre).norm(dim=-1) <= radius  # holds the best
+        scores = scores.masked_fill(~near, float('-inf'))
+    weights = torch.softmax(scores, dim=-1)
+    return torch.einsum('bpg,bgc->bpc', weights, centres)
+
+
+def _tracked_best(
+    logits: torch.Tensor, centres: torch.Tensor, previous: torch.Tensor, best: torch.Tensor,
+    track_radius: float, track_margin: float,
+) -> torch.Tensor:
+    """Index [B, P, 1] of the group to place around, with tracking (see place_points)."""
+    distance = (centres.unsqueeze(1) - previous.to(centres.dtype).unsqueeze(2)).norm(dim=-1)
+    local = logits.masked_fill(distance > track_radius, float('-inf'))
+    local_score, local_best = local.max(dim=-1, keepdim=True)
+    global_score = logits.gather(-1, best)
+    stay = torch.isfinite(local_score) & (global_score - local_score <= track_margin)
+    return torch.where(stay, local_best, best)
+
+
 class InstructionPointer(nn.Module):
     """Score 3D groups against the instruction, one learned text query per pointer."""
 
@@ -196,6 +246,7 @@ class InstructionPointer(nn.Module):
         camera_to_base: Optional['list[list[float]]'] = None, line: bool = False,
         object_context: bool = False, factored: bool = False,
         attributes: Optional[tuple[int, int]] = None, sharpness: float = 1.0,
+        refine_radius: float = 0.0, track_radius: float = 0.0, track_margin: float = 0.0,
     ) -> None:
         super().__init__()
         self.num_pointers = num_pointers
@@ -219,6 +270,10 @@ class InstructionPointer(nn.Module):
         self.attributes = attributes
         # Sharpens where the attribute score places its points (MVLAConfig.pointer_sharpness).
         self.sharpness = float(sharpness)
+        # Only the groups this near the best-scoring one place a point (MVLAConfig), metres.
+        self.refine_radius = float(refine_radius)
+        # Stay near the last step's point unless elsewhere scores that much more (place_points).
+        self.track_radius, self.track_margin = float(track_radius), float(track_margin)
         self.object_context = object_context
         self.factored = factored
         # Part of the configuration, not a weight: not saved in the state dict.
@@ -288,14 +343,16 @@ class InstructionPointer(nn.Module):
             nn.init.zeros_(layer.bias)
 
     def forward(
-        self, input_ids: torch.Tensor, centres: torch.Tensor, neighbourhoods: torch.Tensor
+        self, input_ids: torch.Tensor, centres: torch.Tensor, neighbourhoods: torch.Tensor,
+        previous: Optional[torch.Tensor] = None,
     ) -> PointerOutput:
         """
         Point into ``centres`` [B, G, 3] by scoring the groups.
 
         A group is read as :func:`group_descriptors` of its ``neighbourhoods`` [B, G, k, F];
         ``input_ids`` [B, T] is the instruction (T at most the configured text length). With no
-        group (G = 0) every point is the origin.
+        group (G = 0) every point is the origin. ``previous`` [B, P, 3], the points of the
+        episode's previous step, lets the placement track (:func:`place_points`).
         """
         length = input_ids.shape[1]
         if length > self.text_position.shape[0]:
@@ -314,7 +371,7 @@ class InstructionPointer(nn.Module):
         context = (object_descriptors(neighbourhoods, centres, self.camera_to_base).to(dtype)
                    if self.object_context else None)
         if self.attributes is not None:
-            return self._attribute_output(pooled, descriptors, context, centres)
+            return self._attribute_output(pooled, descriptors, context, centres, previous)
         colours = descriptors[..., 6:]
         if self.factored:
             descriptors = descriptors[..., :6]
@@ -324,12 +381,19 @@ class InstructionPointer(nn.Module):
         if self.factored:
             logits = logits + _match(
                 self.colour_score, self.colour_key(colours), self.colour_query(pooled))
-        points = torch.einsum('bpg,bgc->bpc', torch.softmax(logits, dim=-1), centres.to(dtype))
+        points = self._place(logits, centres.to(dtype), 1.0, previous)
         return PointerOutput(logits=logits, points=points)
+
+    def _place(
+        self, logits: torch.Tensor, centres: torch.Tensor, sharpness: float,
+        previous: Optional[torch.Tensor],
+    ) -> torch.Tensor:
+        return place_points(logits, centres, sharpness, self.refine_radius, previous,
+                            self.track_radius, self.track_margin)
 
     def _attribute_output(
         self, pooled: torch.Tensor, descriptors: torch.Tensor, context: torch.Tensor,
-        centres: torch.Tensor,
+        centres: torch.Tensor, previous: Optional[torch.Tensor] = None,
     ) -> PointerOutput:
         """
         The attribute score: log P(named colour) + log P(named kind) per group and pointer.
@@ -351,8 +415,7 @@ class InstructionPointer(nn.Module):
                                   torch.softmax(group_kind, dim=-1)[..., :kinds])
         logits = (colour_match.clamp_min(ATTRIBUTE_FLOOR).log()
                   + kind_match.clamp_min(ATTRIBUTE_FLOOR).log())
-        placement = torch.softmax(self.sharpness * logits, dim=-1)
-        points = torch.einsum('bpg,bgc->bpc', placement, centres.to(logits.dtype))
+        points = self._place(logits, centres.to(logits.dtype), self.sharpness, previous)
         return PointerOutput(logits=logits, points=points, attributes=AttributeLogits(
             text_colour, text_kind, group_colour, group_kind))
 
@@ -360,15 +423,15 @@ class InstructionPointer(nn.Module):
         """What the action queries receive: [B, width] from the points."""
         return self.to_queries(output.points.flatten(1).to(self.to_queries.weight.dtype))
 
-    def head_input(
+    def head_features(
         self, output: PointerOutput, proprio: Optional[torch.Tensor] = None
     ) -> torch.Tensor:
         """
-        What the action head adds to every final action-query state: [B, width].
+        What the head reads from the points and the pose: [B, head_width].
 
-        It reads the points and the pose, and with ``camera_to_base`` their
-        :func:`geometry_features` (which need the pose), then with ``line`` the
-        :func:`line_features` of the first two points.
+        The points and the pose, and with ``camera_to_base`` their :func:`geometry_features`
+        (which need the pose), then with ``line`` the :func:`line_features` of the first two
+        points.
         """
         parts = [output.points.flatten(1)]
         if proprio is not None:
@@ -383,7 +446,18 @@ class InstructionPointer(nn.Module):
         if features.shape[1] != self.to_head.in_features:
             raise ValueError(f'the pointer head reads {self.to_head.in_features} values '
                              f'(points and pose), got {features.shape[1]}')
-        return self.to_head(features)
+        return features
+
+    @property
+    def head_width(self) -> int:
+        """Length of :meth:`head_features`."""
+        return self.to_head.in_features
+
+    def head_input(
+        self, output: PointerOutput, proprio: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        """What the action head adds to every final action-query state: [B, width]."""
+        return self.to_head(self.head_features(output, proprio))
 
 
 def _match(score: nn.Module, keys: torch.Tensor, summary: torch.Tensor) -> torch.Tensor:

@@ -6,13 +6,14 @@ Named model shapes.
   milliseconds on a CPU.
 - ``small``: a SigLIP-base-sized vision tower (224 px, 14 px patches: 256 2D tokens), 256 3D
   tokens and a decoder with Qwen2-0.5B's shape (896 wide, 24 layers, 14 heads, 2 KV heads).
-- ``sim``: the tabletop benchmark's reference policy (trained by ``vla-pruned-ros train``, shipped
-  as ``models/default``): 96 px images in 12 px patches (64 2D tokens), 64 coloured point groups
-  of 16 (64 3D tokens) from the cloud cropped to the table's workspace with the table plane
-  removed (coloured marks on it, the push zones, stay), a 4-layer 192-wide Qwen2-family decoder,
-  pointers at the named object and zone (:mod:`vla_pruned_ros.model.pointer`) and a two-layer
-  action head that also reads where they are relative to the gripper (through the simulator
-  camera's pose, ``camera_to_base``); sized to train on a 2-core CPU in about an hour.
+- ``sim``: the tabletop benchmark's reference policy (trained by ``vla-pruned-ros train``; the
+  shipped ``models/default`` is its ``sim-branch`` variant below): 96 px images in 12 px
+  patches (64 2D tokens), 64 coloured point groups of 16 (64 3D tokens) from the cloud cropped
+  to the table's workspace with the table plane removed (coloured marks on it, the push zones,
+  stay), a 4-layer 192-wide Qwen2-family decoder, pointers at the named object and zone
+  (:mod:`vla_pruned_ros.model.pointer`) and a two-layer action head that also reads where they
+  are relative to the gripper (through the simulator camera's pose, ``camera_to_base``); sized
+  to train on a 2-core CPU in about an hour.
 - ``sim-shape``: ``sim`` whose pointers also see the shape of the object around each group
   (``object_context``) and score colour and shape apart (``pointer_score='factored'``): fewer
   grounding errors on the heldout colour / shape pairs, not (yet) more closed-loop successes
@@ -21,6 +22,10 @@ Named model shapes.
   and its kind (a shape, or a zone) are the ones named, from two classifiers that never see
   each other's input (``pointer_score='attribute'``), trained with class labels from the
   recorder's metadata (docs/training.md, run 39).
+- ``sim-branch`` (the shipped model's) and ``sim-branch-only``: ``sim-attribute`` with the
+  geometry branch (:mod:`vla_pruned_ros.model.geometry_branch`) added to the action head or in
+  its place, and pointers that place their points at the centre of the best-scoring thing and
+  track it from step to step (docs/training.md, runs 43-46).
 - ``mla-7b``: the tri-stage paper's MLA shape: LLaMA-2-7B decoder with 256 2D + 256 3D
   tokens. Random weights, for latency measurements only (use bf16 on a GPU).
 """
@@ -139,6 +144,31 @@ def _small() -> MVLAConfig:
     )
 
 
+# The geometry branch's hidden width: the state BC probe's MLP (tools/state_bc_probe.py).
+SIM_BRANCH_HIDDEN = 256
+# About an object's size plus the spacing of its groups: chosen on first frames of heldout
+# seeds 100-139 among 4-10 cm (docs/training.md, run 45).
+SIM_REFINE_RADIUS = 0.08
+# A pushed or lifted object moves a few centimetres between two policy steps; margin 2 and 1
+# solved the same push episodes of the selection set (run 46).
+SIM_TRACK_RADIUS = 0.1
+SIM_TRACK_MARGIN = 2.0
+
+
+def _sim_branch(mode: str) -> MVLAConfig:
+    config = _sim_attribute()
+    config.preset = 'sim-branch' if mode == 'add' else 'sim-branch-only'
+    config.head_branch = SIM_BRANCH_HIDDEN
+    config.head_branch_mode = mode
+    # The points at the centre of what scores best, not on its best group (run 45), and kept
+    # on it from step to step (run 46; inference only: training frames have no previous step).
+    config.pointer_sharpness = 1.0
+    config.pointer_refine_radius = SIM_REFINE_RADIUS
+    config.pointer_track_radius = SIM_TRACK_RADIUS
+    config.pointer_track_margin = SIM_TRACK_MARGIN
+    return config
+
+
 def _mla_7b() -> MVLAConfig:
     return MVLAConfig(
         decoder=DecoderConfig(
@@ -157,6 +187,8 @@ PRESETS: dict[str, Callable[[], MVLAConfig]] = {
     'sim': _sim,
     'sim-shape': _sim_shape,
     'sim-attribute': _sim_attribute,
+    'sim-branch': lambda: _sim_branch('add'),
+    'sim-branch-only': lambda: _sim_branch('only'),
     'mla-7b': _mla_7b,
 }
 

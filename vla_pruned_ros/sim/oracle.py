@@ -80,9 +80,10 @@ class OraclePointer:
         return truth_labels(self.env, name, world)
 
     def __call__(self, input_ids: torch.Tensor, centres: torch.Tensor,
-                 neighbourhoods: torch.Tensor) -> PointerOutput:
+                 neighbourhoods: torch.Tensor,
+                 previous: Optional[torch.Tensor] = None) -> PointerOutput:
         """The model's pointer output with the oracle's logits for the chosen pointers."""
-        output = self.point(input_ids, centres, neighbourhoods)
+        output = self.point(input_ids, centres, neighbourhoods, previous)
         if self.env is None:
             raise OracleError('attach the running environment first (OraclePointer.attach)')
         to_world = self.env.camera_to_world()

@@ -86,6 +86,10 @@ def add_parser(subparsers: 'argparse._SubParsersAction') -> argparse.ArgumentPar
     parser.add_argument('--head-state-dropout', type=float, default=0.0,
                         help='head stage: dropout rate on the decoder states the head reads, '
                              'so it leans on the pointer and pose features (default off)')
+    parser.add_argument('--cache-dir', metavar='DIR',
+                        help="where the per-bag input caches and the head stage's trunk "
+                             'outputs go (default OUT/cache): head stages on the same trunk '
+                             'and data share one trunk pass')
     parser.add_argument('--no-progress', dest='progress', action='store_false')
     return parser
 
@@ -108,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
         stage=args.stage, head_views=args.head_views,
         head_state_dropout=args.head_state_dropout, word_noise=args.word_noise,
         fresh_pointer=args.fresh_pointer, object_labels=args.object_labels,
+        cache_dir=args.cache_dir or '',
     )
     try:
         result = train(config)

@@ -29,11 +29,14 @@ Output directory::
     model/               the latest checkpoint (a model directory: Policy.from_pretrained)
     training_state.pt    optimiser, step, generators, for --resume
     log.jsonl            one JSON line per logged step (train loss, validation loss, lr)
-    cache/               precomputed per-bag inputs (safe to delete)
+    cache/               precomputed per-bag inputs and, for a head stage, the frozen trunk's
+                         outputs (safe to delete; ``cache_dir`` puts them elsewhere, so head
+                         stages on the same trunk and data share them)
 """
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+import hashlib
 import json
 import math
 import os
@@ -153,6 +156,8 @@ class TrainConfig:
     # The object pointer's labels (dataset.OBJECT_LABELS): from the object's start position
     # ('start', as every shipped model) or its recorded position at each frame ('tracked').
     object_labels: str = 'start'
+    # Where the per-bag input caches and the head stage's trunk outputs go ('' = OUT/cache).
+    cache_dir: str = ''
 
     def validate(self) -> None:
         """Raise ``TrainError`` for values that cannot train."""
@@ -465,6 +470,54 @@ class HeadFeatures:
         return states, pointer, proprio, targets
 
 
+# Model settings a head stage may change without changing what the trunk computes for it
+# (tracking needs a previous step, which training frames do not have).
+HEAD_ONLY_SETTINGS = ('preset', 'head_hidden', 'head_branch', 'head_branch_summary',
+                      'head_branch_mode', 'pointer_track_radius', 'pointer_track_margin')
+
+
+def _trunk_fingerprint(model: MultiModalVLA, batches: '_Batches', config: 'TrainConfig') -> str:
+    """A digest of what the head stage's trunk outputs depend on (not the pixels: see below)."""
+    head = {id(p) for p in model.head_parameters()}
+    digest = hashlib.sha1()
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        if id(tensor) not in head:
+            digest.update(name.encode())
+            digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    # The frames' point groups, poses, instructions and targets identify the recordings;
+    # hashing the images too would cost seconds for nothing they do not already pin down.
+    for tensor in (batches.centres, batches.proprio, batches.input_ids, batches.targets):
+        digest.update(tensor.numpy().tobytes())
+    # Settings that are not weights but move the points (sharpness, refine radius) count too.
+    settings = {key: value for key, value in model.config.to_dict().items()
+                if key not in HEAD_ONLY_SETTINGS}
+    digest.update(json.dumps(settings, sort_keys=True).encode())
+    digest.update(f'{config.head_views} {config.min_keep} {config.seed}'.encode())
+    return digest.hexdigest()[:16]
+
+
+def cached_head_features(
+    model: MultiModalVLA, batches: '_Batches', config: 'TrainConfig', device: torch.device,
+    cache_dir: Path,
+) -> 'HeadFeatures':
+    """
+    :func:`head_features` of ``config``'s views, from ``cache_dir`` when computed before.
+
+    The file is keyed by the frozen trunk's weights, the frames and the views' settings, so
+    two head stages (other heads, other steps) on the same trunk and data share one pass.
+    """
+    path = cache_dir / f'head_features_{_trunk_fingerprint(model, batches, config)}.pt'
+    if path.is_file():
+        return HeadFeatures(**torch.load(path, weights_only=True))
+    features = head_features(model, batches, config.head_views, config.min_keep, config.seed,
+                             device, progress=config.progress)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix('.partial')
+    torch.save(asdict(features), partial)
+    partial.replace(path)  # never a half-written file under the final name
+    return features
+
+
 @torch.no_grad()
 def head_features(
     model: MultiModalVLA, batches: '_Batches', views: int, min_keep: float, seed: int,
@@ -715,7 +768,8 @@ def train(config: TrainConfig) -> TrainResult:
     if warm_record:
         _log(out, warm_record)
 
-    samples = load_samples(config.data, model, cache_dir=out / 'cache', progress=config.progress,
+    cache_dir = Path(config.cache_dir) if config.cache_dir else out / 'cache'
+    samples = load_samples(config.data, model, cache_dir=cache_dir, progress=config.progress,
                            object_labels=config.object_labels)
     train_samples, val_samples = _split(samples, config.val_every, config.val_frames)
     if tokenizer is None:
@@ -740,8 +794,7 @@ def train(config: TrainConfig) -> TrainResult:
     head_data: Optional[HeadFeatures] = None
     if config.stage == 'head':
         parameters = _train_only(model, model.head_parameters())
-        head_data = head_features(model, train_batches, config.head_views, config.min_keep,
-                                  config.seed, device, progress=config.progress)
+        head_data = cached_head_features(model, train_batches, config, device, cache_dir)
     elif config.stage == 'pointer':
         if model.pointer is None:
             raise TrainError(f'preset {config.preset!r} has no pointers to train')
