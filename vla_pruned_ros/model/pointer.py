@@ -215,10 +215,8 @@ def place_points(
         best = logits.argmax(dim=-1, keepdim=True)  # [B, P, 1]
         if previous is not None and track_radius > 0:
             best = _tracked_best(logits, centres, previous, best, track_radius, track_margin)
-        best = best.unsqueeze(-1).expand(-1, -1, -1, 3)
-        best_centre = torch.gather(centres.unsqueeze(1).expand(-1, logits.shape[1], -1, -1),
-                                   2, best)  # [B, P, 1, 3]
-        near = (centres.unsqueeze(1) - best_centre).norm(dim=-1) <= radius  # holds the best
+        best_centre = centres.gather(1, best.expand(-1, -1, 3))  # [B, P, 3]
+        near = (centres.unsqueeze(1) - best_centre.unsqueeze(2)).norm(dim=-1) <= radius
         scores = scores.masked_fill(~near, float('-inf'))
     weights = torch.softmax(scores, dim=-1)
     return torch.einsum('bpg,bgc->bpc', weights, centres)
