@@ -2,8 +2,11 @@
 
 import json
 
+import pytest
+
 from vla_pruned_ros.cli import main
-from vla_pruned_ros.compare import comparison_table
+from vla_pruned_ros.compare import comparison_table, paired_rows, paired_table
+from vla_pruned_ros.confidence import mcnemar_exact
 
 
 def _sim_results(cells):
@@ -80,3 +83,48 @@ def test_sim_results_split_over_runs_are_pooled_only_when_comparable(tmp_path):
     assert compare('a', 'b') == 0
     assert compare('a', 'c') == 2  # 10 vs 20 episodes per family
     assert compare('a', 'd') == 2  # the same cell twice
+
+
+def _paired(pruner, ratio, family, failed, episodes=10):
+    return {**_cell(pruner, ratio, family, episodes - len(failed), episodes),
+            'seeds_failed': list(failed)}
+
+
+def test_mcnemar_exact_counts_only_the_pairs_that_differ():
+    assert mcnemar_exact(0, 0) == 1.0
+    assert mcnemar_exact(11, 1) == pytest.approx(2 * (1 + 12) / 2**12)  # 0 or 1 of 12, twice
+    assert mcnemar_exact(8, 4) == mcnemar_exact(4, 8) == pytest.approx(0.3877, abs=1e-4)
+    assert mcnemar_exact(5, 5) == 1.0
+    with pytest.raises(ValueError):
+        mcnemar_exact(-1, 2)
+
+
+def test_paired_rows_compare_each_pruned_cell_with_dense_on_the_same_seeds(tmp_path, capsys):
+    sim = _sim_results([
+        _paired('dense', None, 'reach', [1]), _paired('dense', None, 'push', [2, 3]),
+        # reach: loses seeds 4 and 5, gains 1; push: loses 4, keeps 2 and 3 failed
+        _paired('fastv', 0.25, 'reach', [4, 5]), _paired('fastv', 0.25, 'push', [2, 3, 4]),
+        _paired('random', 0.5, 'push', [0, 1, 2, 3, 5, 6, 7, 8, 9]),
+        _cell('ties', 0.25, 'push', 7),  # written without failed seeds: not paired
+    ])
+    rows = {(row['spec'], row['family']): row for row in paired_rows(sim)}
+    assert set(rows) == {('fastv', 'reach'), ('fastv', 'push'), ('fastv', 'all'),
+                         ('random', 'push')}  # one family: no pooled row
+    assert (rows['fastv', 'reach']['lost'], rows['fastv', 'reach']['gained']) == (2, 1)
+    assert (rows['fastv', 'push']['lost'], rows['fastv', 'push']['gained']) == (1, 0)
+    pooled = rows['fastv', 'all']
+    assert (pooled['episodes'], pooled['dense'], pooled['pruned']) == (20, 17, 15)
+    assert (pooled['lost'], pooled['gained']) == (3, 1)
+    assert pooled['p_value'] == pytest.approx(mcnemar_exact(3, 1))
+    assert rows['random', 'push']['lost'] == 7 and rows['random', 'push']['p_value'] < 0.02
+    assert '| fastv @ 0.25 | all | 17/20 | 15/20 | 3 | 1 | -10 points | 0.625 |' in (
+        paired_table(sim))
+    with pytest.raises(ValueError, match='dense cell'):
+        paired_table(_sim_results([_paired('fastv', 0.25, 'reach', [4])]))
+    # the command: --paired alone, and neither table asked for
+    (tmp_path / 'results.json').write_text(json.dumps(sim))
+    assert main(['compare', '--paired', '--sim', str(tmp_path)]) == 0
+    assert '| random @ 0.5 | push | 8/10 | 1/10 | 7 | 0 | -70 points | 0.016 |' in (
+        capsys.readouterr().out)
+    assert main(['compare', '--sim', str(tmp_path)]) == 2
+    assert '--paired' in capsys.readouterr().err

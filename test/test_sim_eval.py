@@ -111,6 +111,18 @@ def test_eval_command_accepts_every_registered_pruner(policy, tmp_path, capsys):
     assert code == 0
     assert (tmp_path / 'report' / 'results.md').is_file()
     assert '| dense | reach |' in capsys.readouterr().out
+    # a pruned cell on the same seeds pairs with dense episode by episode
+    assert main(['sim', 'eval', '--model', str(model_dir), '--pruners', 'random',
+                 '--budgets', '0.25', '--episodes', '1', '--families', 'reach',
+                 '--execute-steps', '8', '--out', str(tmp_path / 'pruned')]) == 0
+    capsys.readouterr()
+    assert main(['compare', '--paired', '--sim', str(tmp_path / 'report'),
+                 str(tmp_path / 'pruned')]) == 0
+    (row,) = [line for line in capsys.readouterr().out.splitlines()
+              if line.startswith('| random @ 0.25 | reach |')]
+    dense_solved, pruned_solved, lost, gained = (int(cell.split('/')[0]) for cell in
+                                                  row.split(' | ')[2:6])
+    assert lost - gained == dense_solved - pruned_solved and lost + gained <= 1
     code = main(['sim', 'eval', '--model', str(tmp_path / 'missing'), '--out', str(tmp_path)])
     assert code == 2
 

@@ -9,6 +9,7 @@ import torch
 
 from model_fixtures import make_observation
 from vla_pruned_ros.cli import main
+from vla_pruned_ros.model.checkpoint import load_model
 from vla_pruned_ros.model.mvla import MultiModalVLA
 from vla_pruned_ros.model.presets import PRESETS, preset_config
 from vla_pruned_ros.model.runner import LayerRunner
@@ -18,10 +19,12 @@ from vla_pruned_ros.sim.record import read_episode_metadata, record_episodes
 from vla_pruned_ros.tokens.layout import TokenLayout
 from vla_pruned_ros.train.dataset import read_episodes
 from vla_pruned_ros.train.trainer import (
+    DecoderCut,
     GroundingProbe,
     TrainConfig,
     TrainError,
     action_statistics,
+    draw_cut,
     drop_proprio,
     forward,
     grounding_loss,
@@ -52,15 +55,20 @@ def test_sim_preset_leaves_room_for_pruning():
     assert config.horizon == 8 and config.proprio_dim == 7
 
 
-def test_training_forward_with_dropped_tokens_matches_the_policy_runner():
-    torch.manual_seed(0)
+def _tiny_model_and_inputs(seed: int, batch: int = 2):
+    """A random tiny model and ``batch`` random frames of its inputs (64 patches, 32 groups)."""
+    torch.manual_seed(seed)
     model = MultiModalVLA(preset_config('tiny')).eval()
-    batch = 2
     pixels = torch.randn(batch, 3, 64, 64)
     neighbourhoods = torch.randn(batch, 32, 16, 3) * 0.01
     centres = torch.randn(batch, 32, 3)
     ids = torch.randint(2, 100, (batch, 12))
     proprio = torch.randn(batch, 7)
+    return model, pixels, neighbourhoods, centres, ids, proprio
+
+
+def test_training_forward_with_dropped_tokens_matches_the_policy_runner():
+    model, pixels, neighbourhoods, centres, ids, proprio = _tiny_model_and_inputs(0)
     with torch.no_grad():
         dense = model.forward_dense(pixels, neighbourhoods, centres, ids, proprio)
         np.testing.assert_allclose(forward(model, pixels, neighbourhoods, centres, ids, proprio),
@@ -83,6 +91,71 @@ def test_training_forward_with_dropped_tokens_matches_the_policy_runner():
         run = LayerRunner(model.decoder).run(embeds, layout, positions=positions)
         np.testing.assert_allclose(model.head(run.normed[:, -8:], pointer, proprio[:1])[0],
                                    pruned[0], atol=1e-5)
+
+
+def test_a_cut_inside_the_decoder_matches_the_runner_pruning_at_that_layer():
+    model, pixels, neighbourhoods, centres, ids, proprio = _tiny_model_and_inputs(1)
+    # before the decoder 10 of 64 patches and 6 of 32 groups, then 3 + 2 of those at layer 1
+    keep_2d = torch.stack([torch.arange(0, 60, 6), torch.arange(1, 61, 6)])
+    keep_3d = torch.tensor([[0, 4, 9, 15, 22, 31], [1, 2, 3, 4, 5, 6]])
+    cut = DecoderCut(1, torch.tensor([[0, 4, 9], [2, 3, 8]]), torch.tensor([[1, 5], [0, 2]]))
+    with torch.no_grad():
+        uncut = forward(model, pixels, neighbourhoods, centres, ids, proprio, keep_2d, keep_3d)
+        result = forward(model, pixels, neighbourhoods, centres, ids, proprio, keep_2d, keep_3d,
+                         return_states=True, cut=cut)
+        assert not torch.allclose(result.prediction, uncut, atol=1e-3)
+        # states of the 5 visual tokens left, then text, pose and action queries
+        assert result.states.shape[1] == 5 + 12 + 1 + 8
+        layout = TokenLayout(n_2d=64, n_3d=32, n_text=12, n_proprio=1, n_action=8,
+                             grid_shape=(8, 8), centres_3d=centres[1].numpy(),
+                             patch_of_3d=np.full(32, -1, np.int64))
+        tokens_2d = model.project_2d_tokens(model.encode_2d(pixels[1:])[:, keep_2d[1]])
+        tokens_3d = model.encode_3d(neighbourhoods[1:, keep_3d[1]], centres[1:, keep_3d[1]])
+        pointer = model.point(ids[1:], centres[1:, keep_3d[1]], neighbourhoods[1:, keep_3d[1]])
+        embeds = model.assemble(tokens_2d, tokens_3d, ids[1:], proprio[1:], pointer)
+        positions = torch.cat([keep_2d[1], keep_3d[1] + 64, torch.arange(96, layout.length)])
+        kept = torch.cat([keep_2d[1][cut.keep_2d[1]], keep_3d[1][cut.keep_3d[1]] + 64])
+        run = LayerRunner(model.decoder).run(embeds, layout, positions=positions,
+                                             prune_layers=[1], on_prune=lambda state: kept)
+        assert run.tokens_per_layer[0] == 16 + 21
+        assert set(run.tokens_per_layer[1:]) == {5 + 21}
+        np.testing.assert_allclose(model.head(run.normed[:, -8:], pointer, proprio[1:])[0],
+                                   result.prediction[1], atol=1e-5)
+        np.testing.assert_allclose(run.normed[0], result.states[1], atol=1e-5)
+        with pytest.raises(ValueError, match='before layer'):
+            forward(model, pixels, neighbourhoods, centres, ids, proprio,
+                    cut=DecoderCut(0, cut.keep_2d, cut.keep_3d))
+
+
+def test_random_cuts_fall_between_the_first_and_the_last_layer():
+    generator = torch.Generator().manual_seed(0)
+    rng = np.random.default_rng(0)
+    layers = set()
+    for _ in range(60):
+        cut = draw_cut(3, 64, 32, 4, 0.25, lambda low, high: int(rng.integers(low, high)),
+                       generator)
+        layers.add(cut.layer)
+        assert 16 <= cut.keep_2d.shape[1] <= 64 and 8 <= cut.keep_3d.shape[1] <= 32
+        assert (cut.keep_2d.diff(dim=1) > 0).all() and (cut.keep_3d.diff(dim=1) > 0).all()
+    assert layers == {1, 2, 3}
+    with pytest.raises(TrainError, match='two decoder layers'):
+        draw_cut(3, 64, 32, 1, 0.25, lambda low, high: low, generator)
+
+
+def test_every_weight_trains_on_cuts_inside_the_decoder(bag, tmp_path):
+    settings = {'steps': 3, 'checkpoint_every': 3, 'token_drop_prob': 1.0, 'ground_weight': 1.0}
+    weights = {}
+    for share in (0.0, 1.0):
+        result = train(_config(bag, tmp_path / f'cut{share}', cut_share=share, **settings))
+        log = [json.loads(line)
+               for line in (tmp_path / f'cut{share}' / 'log.jsonl').read_text().splitlines()]
+        assert all(np.isfinite(record['ground_loss']) for record in log if 'ground_loss' in record)
+        weights[share] = load_model(str(result.model_dir))[0].state_dict()
+    # the same batches, other states: the decoder learns from the cut ones
+    name = 'decoder.layers.1.self_attn.q_proj.weight'
+    assert not torch.equal(weights[0.0][name], weights[1.0][name])
+    with pytest.raises(TrainError, match='cut_share'):
+        train(_config(bag, tmp_path / 'bad', cut_share=1.5))
 
 
 def test_action_statistics_keep_constant_dimensions_unscaled():
@@ -336,6 +409,13 @@ def test_head_stage_grows_a_geometry_branch_on_a_model_without_one(bag, tmp_path
     for name, value in load_file(again.model_dir / 'model.safetensors').items():
         torch.testing.assert_close(value, after[name], rtol=0, atol=1e-6)
     assert not (tmp_path / 'branch' / 'cache').exists()
+    # views cut inside the decoder get their own file and leave the first one as it was
+    cut = train(_config(bag, tmp_path / 'cut', **settings, head_cut_views=1))
+    assert cached.stat().st_mtime_ns == written
+    assert len(list((tmp_path / 'shared').glob('head_features_*.pt'))) == 2
+    cut_weights = load_file(cut.model_dir / 'model.safetensors')
+    assert not torch.equal(cut_weights['branch.layers.4.weight'],
+                           after['branch.layers.4.weight'])
     branch = {name for name in after if name.startswith('branch.')}
     assert branch and not branch & before.keys()
     assert after['branch.layers.4.weight'].abs().sum() > 0  # it starts at zero, and learnt
@@ -446,6 +526,8 @@ def test_the_attribute_pointer_learns_its_classes_from_a_sim_model(bag, tmp_path
     ({'init_from': 'm', 'head_views': 0}, 'head_views'),
     ({'init_from': 'm', 'head_state_dropout': 1.0}, 'head_state_dropout'),
     ({'init_from': 'm', 'head_state_dropout': -0.1}, 'head_state_dropout'),
+    ({'init_from': 'm', 'head_cut_views': -1}, 'head_cut_views'),
+    ({'init_from': 'm', 'cut_share': 0.5}, 'cut_share'),
 ])
 def test_head_stage_refuses_settings_that_would_train_the_trunk_or_nothing(
         bag, tmp_path, overrides, message):
@@ -455,6 +537,8 @@ def test_head_stage_refuses_settings_that_would_train_the_trunk_or_nothing(
         train(_config(bag, tmp_path / 'y', stage='decoder'))
     with pytest.raises(TrainError, match='--stage head'):
         train(_config(bag, tmp_path / 'z', head_state_dropout=0.5))
+    with pytest.raises(TrainError, match='--stage head'):
+        train(_config(bag, tmp_path / 'w', head_cut_views=1))
 
 
 def test_head_state_dropout_trains_a_different_head_on_the_same_batches(bag, tmp_path):

@@ -11,6 +11,11 @@ It joins two measurements that are made separately because they need different m
 
 Rows are matched by pruner spec (``name`` or ``name:key=value,...``) and keep ratio; a cell
 without a measurement shows ``-``.
+
+With ``--paired`` it also compares every pruned cell with dense on the same task seeds (the
+episodes a pruner loses and gains against dense, and the exact McNemar p-value): two success
+rates of 100 episodes each have 95 % intervals of about +-9 points, but the same scenes run
+twice differ only where the outcome changed, so a paired difference says far more.
 """
 
 import argparse
@@ -20,7 +25,7 @@ from pathlib import Path
 import sys
 from typing import Any, Optional
 
-from vla_pruned_ros.confidence import wilson_interval
+from vla_pruned_ros.confidence import mcnemar_exact, wilson_interval
 
 
 def _load(path: str, file_name: str) -> dict[str, Any]:
@@ -141,14 +146,83 @@ def comparison_table(bench: dict[str, Any], sim: dict[str, Any],
     return '\n'.join(lines) + '\n'
 
 
+def paired_rows(sim: dict[str, Any]) -> list[dict[str, Any]]:
+    """
+    Every pruned cell against the dense cell of its family, episode by episode.
+
+    Each row: spec, keep ratio, family ('all' pools the families of that spec and ratio),
+    episodes, dense and pruned successes, ``lost`` (solved dense, failed pruned), ``gained``
+    (the other way) and the exact McNemar p-value. Cells without a dense cell of their family
+    or without their failed seeds (results written before they were recorded) are left out.
+    """
+    dense = {cell['family']: cell for cell in sim['cells'] if cell['pruner'] == 'dense'}
+    rows: list[dict[str, Any]] = []
+    pooled: dict[tuple[str, Optional[float]], dict[str, Any]] = {}
+    for cell in sim['cells']:
+        reference = dense.get(cell['family'])
+        if (cell['pruner'] == 'dense' or reference is None or 'seeds_failed' not in cell
+                or 'seeds_failed' not in reference):
+            continue
+        failed, dense_failed = set(cell['seeds_failed']), set(reference['seeds_failed'])
+        row = {'spec': cell['pruner'], 'keep_ratio': cell['keep_ratio'],
+               'family': cell['family'], 'episodes': cell['episodes'],
+               'dense': reference['successes'], 'pruned': cell['successes'],
+               'lost': len(failed - dense_failed), 'gained': len(dense_failed - failed)}
+        rows.append(row)
+        total = pooled.setdefault((row['spec'], row['keep_ratio']),
+                                  {**row, 'family': 'all', 'episodes': 0, 'dense': 0,
+                                   'pruned': 0, 'lost': 0, 'gained': 0})
+        for key in ('episodes', 'dense', 'pruned', 'lost', 'gained'):
+            total[key] += row[key]
+    counts: dict[tuple[str, Optional[float]], int] = {}
+    for row in rows:
+        counts[(row['spec'], row['keep_ratio'])] = counts.get((row['spec'],
+                                                               row['keep_ratio']), 0) + 1
+    rows += [total for key, total in pooled.items() if counts[key] > 1]
+    # in the order the cells came, each spec's budgets from the largest, 'all' after them
+    order = {key: index for index, key in enumerate(pooled)}
+    rows.sort(key=lambda row: (order[(row['spec'], row['keep_ratio'])], row['family'] == 'all'))
+    for row in rows:
+        row['p_value'] = mcnemar_exact(row['lost'], row['gained'])
+    return rows
+
+
+def paired_table(sim: dict[str, Any]) -> str:
+    """The markdown table of :func:`paired_rows`."""
+    rows = paired_rows(sim)
+    if not rows:
+        raise ValueError('no pruned cell has a dense cell of its family with failed seeds to '
+                         'pair with (run dense in the same evaluation or pass its results)')
+    lines = ['| pruner @ keep ratio | family | dense | pruned | lost | gained | difference '
+             '| McNemar p |', '|---|---|---|---|---|---|---|---|']
+    for row in rows:
+        difference = 100 * (row['pruned'] - row['dense']) / row['episodes']
+        lines.append(
+            f"| {row['spec']} @ {row['keep_ratio']:g} | {row['family']} | "
+            f"{row['dense']}/{row['episodes']} | {row['pruned']}/{row['episodes']} | "
+            f"{row['lost']} | {row['gained']} | {difference:+.0f} points | "
+            f"{row['p_value']:.3f} |")
+    lines += ['', f"Paired against dense on the same task seeds ({sim.get('split', '?')} split, "
+              f"{sim.get('episodes', '?')} episodes per family, model `{sim.get('model', '?')}`):"
+              ' lost = solved dense and failed pruned, gained = the other way; McNemar p: '
+              'exact two-sided test on those pairs (below 0.05: the difference is unlikely to '
+              'be chance).']
+    return '\n'.join(lines) + '\n'
+
+
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``compare``."""
     parser = subparsers.add_parser(
         'compare', help='one table of speedup (bench) and success (sim eval) per pruner',
         description='Join the speedups of a bench.json and the success rates of a sim eval '
-                    'results.json into one markdown table, one row per pruner.',
+                    'results.json into one markdown table, one row per pruner; with --paired, '
+                    'compare every pruned cell with dense on the same task seeds.',
     )
-    parser.add_argument('--bench', required=True, help='bench output directory or bench.json')
+    parser.add_argument('--bench', help='bench output directory or bench.json (the speedup and '
+                        'success table)')
+    parser.add_argument('--paired', action='store_true',
+                        help='also (or, without --bench, only) the paired table: each pruned '
+                             'cell against dense on the same seeds, with the McNemar p-value')
     parser.add_argument('--sim', required=True, nargs='+',
                         help='sim eval output directories or results.json files (their cells '
                              'are pooled, e.g. runs split over two machines)')
@@ -160,10 +234,17 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Print (and optionally write) the comparison table."""
+    if not args.bench and not args.paired:
+        print('vla-pruned-ros compare: error: give --bench, --paired or both', file=sys.stderr)
+        return 2
     try:
-        table = comparison_table(_load(args.bench, 'bench.json'),
-                                 merge_sim_results([_load(p, 'results.json') for p in args.sim]),
-                                 args.budgets)
+        sim = merge_sim_results([_load(p, 'results.json') for p in args.sim])
+        tables = []
+        if args.bench:
+            tables.append(comparison_table(_load(args.bench, 'bench.json'), sim, args.budgets))
+        if args.paired:
+            tables.append(paired_table(sim))
+        table = '\n'.join(tables)
     except (ValueError, KeyError) as err:
         print(f'vla-pruned-ros compare: error: {err}', file=sys.stderr)
         return 2

@@ -38,6 +38,10 @@ def add_parser(subparsers: 'argparse._SubParsersAction') -> argparse.ArgumentPar
     parser.add_argument('--checkpoint-every', type=int, default=250, metavar='STEPS')
     parser.add_argument('--token-drop-prob', type=float, default=0.5,
                         help='fraction of batches trained on a random subset of visual tokens')
+    parser.add_argument('--cut-share', type=float, default=0.0,
+                        help='share of the token-dropout batches whose subset is cut inside '
+                             'the decoder, before a random layer from the second on, as the '
+                             'attention-ranking pruners cut (default 0)')
     parser.add_argument('--min-keep', type=float, default=0.125,
                         help='smallest fraction of 2D / 3D tokens such a batch keeps')
     parser.add_argument('--device', default='auto',
@@ -83,6 +87,11 @@ def add_parser(subparsers: 'argparse._SubParsersAction') -> argparse.ArgumentPar
     parser.add_argument('--head-views', type=int, default=2,
                         help='head stage: trunk outputs per frame, the first with every token, '
                              'the others with random token dropout')
+    parser.add_argument('--head-cut-views', type=int, default=0,
+                        help='head stage: further trunk outputs per frame whose visual tokens '
+                             'are cut inside the decoder (a random subset before a random '
+                             'layer), where FastV, VLA-Pruner, TIES and tri_stage cut '
+                             '(default 0)')
     parser.add_argument('--head-state-dropout', type=float, default=0.0,
                         help='head stage: dropout rate on the decoder states the head reads, '
                              'so it leans on the pointer and pose features (default off)')
@@ -103,13 +112,14 @@ def run(args: argparse.Namespace) -> int:
         data=list(args.data), out=args.out, preset=args.preset, steps=args.steps,
         batch_size=args.batch_size, lr=args.lr, seed=args.seed, resume=args.resume,
         checkpoint_every=args.checkpoint_every, token_drop_prob=args.token_drop_prob,
+        cut_share=args.cut_share,
         min_keep=args.min_keep, threads=args.threads, device=args.device,
         progress=args.progress,
         init_from=args.init_from or '', aux_weight=args.aux_weight,
         ground_weight=args.ground_weight,
         pointer_weight=args.pointer_weight,
         proprio_drop_prob=args.proprio_drop_prob,
-        stage=args.stage, head_views=args.head_views,
+        stage=args.stage, head_views=args.head_views, head_cut_views=args.head_cut_views,
         head_state_dropout=args.head_state_dropout, word_noise=args.word_noise,
         fresh_pointer=args.fresh_pointer, object_labels=args.object_labels,
         cache_dir=args.cache_dir or '',

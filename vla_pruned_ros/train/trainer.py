@@ -11,18 +11,21 @@ random subset of its 2D patch tokens and of its 3D point groups (each between
 ``min_keep`` and all of them, drawn per batch; the subset itself per sample), at their original
 rotary positions, which is what the policy does when a pruner drops tokens before the decoder.
 The model thus learns to act from partial views; this helps every pruner alike (the dense policy
-still sees all tokens), and it is documented with the results in ``docs/training.md``.
+still sees all tokens), and it is documented with the results in ``docs/training.md``. With
+``cut_share`` some of those subsets are cut inside the decoder instead (:func:`draw_cut`), where
+the attention-ranking pruners cut.
 
 Stages: ``stage='all'`` trains every weight. ``stage='head'`` trains only the action head
-(:meth:`MultiModalVLA.head_parameters`) of an existing model (``init_from`` or ``resume``):
-the frozen trunk runs once per training frame and view (view 0 with every token, the others
-with the token dropout above) and the head is fitted on those outputs, a few milliseconds a
-step instead of a second. That is how a new head (such as the geometry-reading one) is put on
-a trained policy without retraining it. ``stage='pointer'`` trains only the weights that decide
-where the pointers point (:meth:`MultiModalVLA.pointer_parameters`) on the pointer loss, from
-the cached 3D groups and the instruction alone (no image, no decoder; the 3D token dropout
-above applies), a few milliseconds a step; validation is then the pointer loss. A new pointer
-changes the points the trunk and head read: follow it with a head stage.
+(:meth:`MultiModalVLA.head_parameters`) of an existing model (``init_from`` or ``resume``): the
+frozen trunk runs once per training frame and view (view 0 with every token, the others with the
+token dropout above, and ``head_cut_views`` more with tokens cut inside the decoder, where the
+attention-ranking pruners cut) and the head is fitted on those outputs, a few milliseconds a step
+instead of a second. That is how a new head (such as the geometry-reading one) is put on a trained
+policy without retraining it. ``stage='pointer'`` trains only the weights that decide where the
+pointers point (:meth:`MultiModalVLA.pointer_parameters`) on the pointer loss, from the cached 3D
+groups and the instruction alone (no image, no decoder; the 3D token dropout above applies), a few
+milliseconds a step; validation is then the pointer loss. A new pointer changes the points the
+trunk and head read: follow it with a head stage.
 
 Output directory::
 
@@ -104,6 +107,11 @@ class TrainConfig:
     checkpoint_every: int = 250
     token_drop_prob: float = 0.5
     min_keep: float = 0.125
+    # Share of the token-dropout batches whose subset is cut inside the decoder instead, before
+    # a random layer from the second on (draw_cut; 0 = every subset before the decoder): the
+    # decoder's later layers and the head then learn from what the attention-ranking pruners
+    # leave. Stage 'all' (the head stage has head_cut_views).
+    cut_share: float = 0.0
     grad_clip: float = 1.0
     threads: int = 0
     # 'auto' trains on CUDA when a GPU is present, else on the CPU; the batches stay in host
@@ -141,6 +149,11 @@ class TrainConfig:
     # module docstring).
     stage: str = 'all'
     head_views: int = 2
+    # Head stage: further views per frame whose visual tokens are cut inside the decoder
+    # (a random subset, as ``min_keep`` above, before a random layer from 1 on: draw_cut), as
+    # FastV, VLA-Pruner, TIES and tri_stage's stage 2 prune; the pre-decoder views above do
+    # not show the head the states such a cut leaves (0 = none).
+    head_cut_views: int = 0
     # Head stage: dropout rate on the decoder's action-query states the head reads (0 = off),
     # so that the head leans on the pointer and pose features, which carry over to unseen
     # scenes, rather than on decoder states it can fit frame by frame (docs/training.md,
@@ -185,6 +198,11 @@ class TrainConfig:
             raise TrainError(f'proprio_drop_prob must lie in [0, 1], got {self.proprio_drop_prob}')
         if not 0 <= self.token_drop_prob <= 1 or not 0 < self.min_keep <= 1:
             raise TrainError('token_drop_prob must lie in [0, 1] and min_keep in (0, 1]')
+        if not 0 <= self.cut_share <= 1:
+            raise TrainError(f'cut_share must lie in [0, 1], got {self.cut_share}')
+        if self.cut_share and self.stage != 'all':
+            raise TrainError('cut_share acts on the decoder, which only stage all trains (the '
+                             'head stage has head_cut_views)')
         if self.val_every < 2:
             raise TrainError(f'val_every must be >= 2 (1 would hold out everything): '
                              f'{self.val_every}')
@@ -203,6 +221,10 @@ class TrainConfig:
                              'be > 0')
         if self.stage == 'head' and self.head_views < 1:
             raise TrainError(f'head_views must be >= 1, got {self.head_views}')
+        if self.head_cut_views < 0:
+            raise TrainError(f'head_cut_views must be >= 0, got {self.head_cut_views}')
+        if self.head_cut_views and self.stage != 'head':
+            raise TrainError('head_cut_views are views of the head stage: pass --stage head')
         if not 0 <= self.head_state_dropout < 1:
             raise TrainError(f'head_state_dropout must lie in [0, 1), got '
                              f'{self.head_state_dropout}')
@@ -384,6 +406,39 @@ def drop_tokens(
 
 
 @dataclass
+class DecoderCut:
+    """
+    Visual tokens dropped inside the decoder (:func:`forward`'s ``cut``).
+
+    Before decoder layer ``layer`` (>= 1) only the 2D rows ``keep_2d`` [B, m2] and 3D rows
+    ``keep_3d`` [B, m3] stay, sorted indices into the visual tokens that entered the decoder
+    (after any pre-decoder subset); text, pose and action queries always stay.
+    """
+
+    layer: int
+    keep_2d: torch.Tensor
+    keep_3d: torch.Tensor
+
+    def rows(self, n_2d: int, n_3d: int, rest: int) -> torch.Tensor:
+        """Sequence rows [B, m2 + m3 + rest] that go on to layer ``layer``."""
+        batch = self.keep_2d.shape[0]
+        after = (n_2d + n_3d + torch.arange(rest)).expand(batch, -1)
+        return torch.cat([self.keep_2d, self.keep_3d + n_2d, after], dim=1)
+
+
+def draw_cut(
+    batch: int, n_2d: int, n_3d: int, num_layers: int, min_keep: float,
+    draw_count: Callable[[int, int], int], generator: torch.Generator,
+) -> DecoderCut:
+    """A random :class:`DecoderCut`: a layer in 1..num_layers-1, counts as :func:`drop_tokens`."""
+    if num_layers < 2:
+        raise TrainError('cutting tokens inside the decoder needs at least two decoder layers')
+    layer = draw_count(1, num_layers)
+    keep_2d, keep_3d = drop_tokens(batch, n_2d, n_3d, min_keep, draw_count, generator)
+    return DecoderCut(layer, keep_2d, keep_3d)
+
+
+@dataclass
 class ForwardResult:
     """What :func:`forward` returns with ``return_states``."""
 
@@ -402,6 +457,7 @@ def forward(
     keep_2d: Optional[torch.Tensor] = None,
     keep_3d: Optional[torch.Tensor] = None,
     return_states: bool = False,
+    cut: Optional['DecoderCut'] = None,
 ) -> 'torch.Tensor | ForwardResult':
     """
     Normalised action chunks [B, horizon, 7], optionally from a subset of the visual tokens.
@@ -414,7 +470,14 @@ def forward(
     keep their original rotary positions and the causal mask is built from the length alone,
     as in :class:`vla_pruned_ros.model.runner.LayerRunner`; with no subset this equals
     :meth:`MultiModalVLA.forward_dense`.
+
+    ``cut`` drops visual tokens inside the decoder, before layer ``cut.layer``, as the pruners
+    that rank tokens by decoder attention do (the dropped tokens still shape every state up to
+    that layer); with ``return_states`` the states are then those of the tokens that remain.
     """
+    if cut is not None and not 1 <= cut.layer < len(model.decoder.layers):
+        raise ValueError(f'a cut inside the decoder goes before layer 1..'
+                         f'{len(model.decoder.layers) - 1}, not {cut.layer}')
     batch = pixel_values.shape[0]
     features = model.encode_2d(pixel_values)
     device = features.device
@@ -436,7 +499,15 @@ def forward(
                               past_key_values=None, position_ids=None)
     cos_sin = decoder.rotary_emb(embeds, positions)
     hidden = embeds
-    for layer in decoder.layers:
+    for index, layer in enumerate(decoder.layers):
+        if cut is not None and index == cut.layer:
+            rows_kept = cut.rows(keep_2d.shape[1], keep_3d.shape[1], rest).to(device)
+            hidden = torch.gather(hidden, 1, rows_kept[..., None].expand(-1, -1, hidden.shape[2]))
+            positions = torch.gather(positions, 1, rows_kept)
+            mask = create_causal_mask(config=decoder.config, inputs_embeds=hidden,
+                                      attention_mask=None, past_key_values=None,
+                                      position_ids=None)
+            cos_sin = decoder.rotary_emb(hidden, positions)
         hidden = layer(hidden, attention_mask=mask, position_embeddings=cos_sin)
         if isinstance(hidden, tuple):
             hidden = hidden[0]
@@ -457,6 +528,19 @@ class HeadFeatures:
     def __len__(self) -> int:
         return len(self.targets)
 
+    @staticmethod
+    def concatenate(parts: 'list[HeadFeatures]') -> 'HeadFeatures':
+        """One set of the rows of ``parts``, in order."""
+        if len(parts) == 1:
+            return parts[0]
+        points = [part.points for part in parts]
+        return HeadFeatures(
+            states=torch.cat([part.states for part in parts]),
+            points=None if points[0] is None else torch.cat(points),
+            proprio=torch.cat([part.proprio for part in parts]),
+            targets=torch.cat([part.targets for part in parts]),
+        )
+
     def get(self, rows: torch.Tensor, device: torch.device) -> tuple[
             torch.Tensor, Optional[PointerOutput], torch.Tensor, torch.Tensor]:
         """Action-query states, pointer output, pose and normalised targets of ``rows``."""
@@ -476,8 +560,13 @@ HEAD_ONLY_SETTINGS = ('preset', 'head_hidden', 'head_branch', 'head_branch_summa
                       'head_branch_mode', 'pointer_track_radius', 'pointer_track_margin')
 
 
-def _trunk_fingerprint(model: MultiModalVLA, batches: '_Batches', config: 'TrainConfig') -> str:
-    """A digest of what the head stage's trunk outputs depend on (not the pixels: see below)."""
+def _trunk_fingerprint(model: MultiModalVLA, batches: '_Batches', config: 'TrainConfig',
+                       views: str) -> str:
+    """
+    A digest of what the head stage's trunk outputs depend on (not the pixels: see below).
+
+    ``views`` names the view set ('2': two pre-decoder views, 'cut 2': two cut views).
+    """
     head = {id(p) for p in model.head_parameters()}
     digest = hashlib.sha1()
     for name, tensor in model.state_dict(keep_vars=True).items():
@@ -492,7 +581,7 @@ def _trunk_fingerprint(model: MultiModalVLA, batches: '_Batches', config: 'Train
     settings = {key: value for key, value in model.config.to_dict().items()
                 if key not in HEAD_ONLY_SETTINGS}
     digest.update(json.dumps(settings, sort_keys=True).encode())
-    digest.update(f'{config.head_views} {config.min_keep} {config.seed}'.encode())
+    digest.update(f'{views} {config.min_keep} {config.seed}'.encode())
     return digest.hexdigest()[:16]
 
 
@@ -503,25 +592,34 @@ def cached_head_features(
     """
     :func:`head_features` of ``config``'s views, from ``cache_dir`` when computed before.
 
-    The file is keyed by the frozen trunk's weights, the frames and the views' settings, so
-    two head stages (other heads, other steps) on the same trunk and data share one pass.
+    Each file is keyed by the frozen trunk's weights, the frames and the views' settings, so
+    two head stages (other heads, other steps) on the same trunk and data share one pass; the
+    views cut inside the decoder have their own file, so adding them reuses the others.
     """
-    path = cache_dir / f'head_features_{_trunk_fingerprint(model, batches, config)}.pt'
-    if path.is_file():
-        return HeadFeatures(**torch.load(path, weights_only=True))
-    features = head_features(model, batches, config.head_views, config.min_keep, config.seed,
-                             device, progress=config.progress)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix('.partial')
-    torch.save(asdict(features), partial)
-    partial.replace(path)  # never a half-written file under the final name
-    return features
+    view_sets = [(str(config.head_views), config.head_views, False)]
+    if config.head_cut_views:
+        view_sets.append((f'cut {config.head_cut_views}', config.head_cut_views, True))
+    parts = []
+    for key, views, inside in view_sets:
+        path = cache_dir / f'head_features_{_trunk_fingerprint(model, batches, config, key)}.pt'
+        if path.is_file():
+            parts.append(HeadFeatures(**torch.load(path, weights_only=True)))
+            continue
+        features = head_features(model, batches, views, config.min_keep, config.seed, device,
+                                 progress=config.progress, inside_decoder=inside)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix('.partial')
+        torch.save(asdict(features), partial)
+        partial.replace(path)  # never a half-written file under the final name
+        parts.append(features)
+    return HeadFeatures.concatenate(parts)
 
 
 @torch.no_grad()
 def head_features(
     model: MultiModalVLA, batches: '_Batches', views: int, min_keep: float, seed: int,
     device: torch.device, batch_size: int = 64, progress: bool = False,
+    inside_decoder: bool = False,
 ) -> HeadFeatures:
     """
     Run the frozen trunk over every frame of ``batches``, ``views`` times.
@@ -529,10 +627,13 @@ def head_features(
     View 0 sees every visual token, each further
     view a random subset of the 2D and 3D tokens (between ``min_keep`` and all, drawn per
     batch, as training's token dropout), so the head also learns from what a pruner leaves.
+    With ``inside_decoder`` every view cuts its subset inside the decoder instead
+    (:func:`draw_cut`), where the attention-ranking pruners cut.
 
     Deterministic for a ``seed`` (a resumed head stage recomputes the same features).
     """
-    generator = torch.Generator().manual_seed(seed)
+    # Another stream for the cut views: their subsets are not the dropout views' again.
+    generator = torch.Generator().manual_seed(seed + (1 if inside_decoder else 0))
 
     def draw(low: int, high: int) -> int:
         return int(torch.randint(low, high, (1,), generator=generator))
@@ -553,11 +654,14 @@ def head_features(
     for view, start in iterator:
         rows = torch.arange(start, min(start + batch_size, len(batches)))
         *inputs, targets = batches.get(rows)
-        keep_2d = keep_3d = None
-        if view > 0:
+        keep_2d = keep_3d = cut = None
+        if inside_decoder:
+            cut = draw_cut(len(rows), n_2d, n_3d, len(model.decoder.layers), min_keep, draw,
+                           generator)
+        elif view > 0:
             keep_2d, keep_3d = drop_tokens(len(rows), n_2d, n_3d, min_keep, draw, generator)
         result = forward(model, *_to(inputs, device), keep_2d=keep_2d, keep_3d=keep_3d,
-                         return_states=True)
+                         return_states=True, cut=cut)
         parts['states'].append(result.states[:, -horizon:].float().cpu())
         if result.pointer is not None:
             parts['points'].append(result.pointer.points.float().cpu())
@@ -881,13 +985,20 @@ def train(config: TrainConfig) -> TrainResult:
                 inputs[3] = add_word_noise(inputs[3], train_batches.unseen_ids,
                                            config.word_noise, train_batches.pad_id, drop_rng)
                 *inputs, targets = _to([*inputs, targets], device)
-                keep_2d = keep_3d = None
+                keep_2d = keep_3d = cut = None
                 if drop_rng.random() < config.token_drop_prob:
-                    keep_2d, keep_3d = drop_tokens(
-                        len(rows), n_2d, n_3d, config.min_keep,
-                        lambda low, high: int(drop_rng.integers(low, high)), batch_rng)
+                    def draw(low: int, high: int) -> int:
+                        return int(drop_rng.integers(low, high))
+
+                    # no extra draw without cuts: earlier runs' batches stay as they were
+                    if config.cut_share and drop_rng.random() < config.cut_share:
+                        cut = draw_cut(len(rows), n_2d, n_3d, len(model.decoder.layers),
+                                       config.min_keep, draw, batch_rng)
+                    else:
+                        keep_2d, keep_3d = drop_tokens(len(rows), n_2d, n_3d, config.min_keep,
+                                                       draw, batch_rng)
                 result = forward(model, *inputs, keep_2d=keep_2d, keep_3d=keep_3d,
-                                 return_states=True)
+                                 return_states=True, cut=cut)
                 states = result.states
                 loss = (result.prediction - targets).abs().mean()
                 total = loss
@@ -904,11 +1015,15 @@ def train(config: TrainConfig) -> TrainResult:
                     total = total + config.aux_weight * localisation
                     running_aux.append(localisation.item())
                 if 'ground_probe' in probes:
+                    # the 3D tokens whose final states there are: after the cut, if any
+                    final_3d = keep_3d if cut is None else cut.keep_3d
                     kept_2d = n_2d if keep_2d is None else keep_2d.shape[1]
-                    kept_3d = n_3d if keep_3d is None else keep_3d.shape[1]
+                    if cut is not None:
+                        kept_2d = cut.keep_2d.shape[1]
+                    kept_3d = n_3d if final_3d is None else final_3d.shape[1]
                     group_labels = train_batches.group_labels(rows)
-                    if keep_3d is not None:
-                        group_labels = torch.gather(group_labels, 1, keep_3d)
+                    if final_3d is not None:
+                        group_labels = torch.gather(group_labels, 1, final_3d)
                     grounding = grounding_loss(probes['ground_probe'], query_states,
                                                states[:, kept_2d:kept_2d + kept_3d],
                                                group_labels.to(device))
