@@ -19,6 +19,7 @@ twice differ only where the outcome changed, so a paired difference says far mor
 """
 
 import argparse
+from collections import Counter
 from collections.abc import Sequence
 import json
 from pathlib import Path
@@ -174,12 +175,9 @@ def paired_rows(sim: dict[str, Any]) -> list[dict[str, Any]]:
                                    'pruned': 0, 'lost': 0, 'gained': 0})
         for key in ('episodes', 'dense', 'pruned', 'lost', 'gained'):
             total[key] += row[key]
-    counts: dict[tuple[str, Optional[float]], int] = {}
-    for row in rows:
-        counts[(row['spec'], row['keep_ratio'])] = counts.get((row['spec'],
-                                                               row['keep_ratio']), 0) + 1
-    rows += [total for key, total in pooled.items() if counts[key] > 1]
-    # in the order the cells came, each spec's budgets from the largest, 'all' after them
+    families = Counter((row['spec'], row['keep_ratio']) for row in rows)
+    rows += [total for key, total in pooled.items() if families[key] > 1]
+    # (spec, ratio) in the order their cells came, each one's pooled row after its families
     order = {key: index for index, key in enumerate(pooled)}
     rows.sort(key=lambda row: (order[(row['spec'], row['keep_ratio'])], row['family'] == 'all'))
     for row in rows:
@@ -197,8 +195,9 @@ def paired_table(sim: dict[str, Any]) -> str:
              '| McNemar p |', '|---|---|---|---|---|---|---|---|']
     for row in rows:
         difference = 100 * (row['pruned'] - row['dense']) / row['episodes']
+        ratio = 'all tokens' if row['keep_ratio'] is None else f"{row['keep_ratio']:g}"
         lines.append(
-            f"| {row['spec']} @ {row['keep_ratio']:g} | {row['family']} | "
+            f"| {row['spec']} @ {ratio} | {row['family']} | "
             f"{row['dense']}/{row['episodes']} | {row['pruned']}/{row['episodes']} | "
             f"{row['lost']} | {row['gained']} | {difference:+.0f} points | "
             f"{row['p_value']:.3f} |")
