@@ -197,7 +197,7 @@ class MultiModalVLA(nn.Module):
         Normalised action chunk [B, horizon, action_dim] from final action-query states.
 
         A model with pointers also reads ``pointer`` (and the pose ``proprio`` it was given)
-        here, see :meth:`InstructionPointer.head_input`; with a geometry branch its chunk is
+        here (:meth:`InstructionPointer.head_features`); with a geometry branch its chunk is
         added (``head_branch_mode`` 'add') or returned alone ('only').
         """
         features = None
