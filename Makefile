@@ -8,6 +8,7 @@
 #   TORCH_SPEC='...'       pip arguments for torch instead of -r requirements/torch.txt
 #   VENV_FLAGS=...         extra `python -m venv` flags, e.g. --system-site-packages
 #   PYTEST_ARGS='...'      extra pytest arguments for `make test`, e.g. -k package
+#   TRAIN_DIR=runs/reference  where `make train` puts its data, caches and models
 
 -include local.mk
 
@@ -35,7 +36,7 @@ export MUJOCO_GL := egl
 unexport PYTHONPATH
 
 .DEFAULT_GOAL := setup
-.PHONY: setup test demo lint clean distclean FORCE
+.PHONY: setup test demo train lint clean distclean FORCE
 
 setup: $(STAMP)-msgs $(STAMP)-editable
 
@@ -45,6 +46,11 @@ test: setup
 
 demo: setup
 	$(VENV)/bin/vla-pruned-ros demo
+
+# The reference policy from scratch (docs/training.md, "From scratch in one recipe").
+TRAIN_DIR ?= runs/reference
+train: setup
+	PATH=$(abspath $(VENV))/bin:$$PATH tools/train_reference.sh $(TRAIN_DIR)
 
 lint: setup
 	$(VENV)/bin/ruff check .
