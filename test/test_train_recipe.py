@@ -15,7 +15,7 @@ SCRIPT = REPO / 'tools' / 'train_reference.sh'
 # Two episodes a family a bag: 36 episodes, so one (every 20th) is held out for validation.
 SMOKE = {'EPISODES': '2', 'STEP_DIVISOR': '100', 'THREADS': '1', 'DEVICE': 'cpu'}
 BAGS = {'demos': (0, 1, 2), 'demos_exc': (6, 7, 8)}
-LAST_STEPS = {'all': 15, 'pointer': 30, 'head': 40}
+LAST_STEPS = {'all': 15, 'pointer': 30, 'all2': 15, 'head': 200}
 
 
 def _run_recipe(work: Path) -> subprocess.CompletedProcess:
@@ -30,7 +30,7 @@ def _records(log: Path) -> list[dict]:
     return [json.loads(line) for line in log.read_text().splitlines()]
 
 
-def test_recipe_records_trains_three_stages_in_a_chain_and_skips_what_is_done(tmp_path):
+def test_recipe_records_trains_four_stages_in_a_chain_and_skips_what_is_done(tmp_path):
     work = tmp_path / 'reference'
     first = _run_recipe(work)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
@@ -38,7 +38,7 @@ def test_recipe_records_trains_three_stages_in_a_chain_and_skips_what_is_done(tm
     for directory, shards in BAGS.items():
         for shard in shards:
             assert (work / directory / f'train_{shard}' / 'metadata.yaml').is_file()
-    sources = {'all': None, 'pointer': 'all', 'head': 'pointer'}
+    sources = {'all': None, 'pointer': 'all', 'all2': 'pointer', 'head': 'all2'}
     for stage, last_step in LAST_STEPS.items():
         records = _records(work / stage / 'log.jsonl')
         assert records[-1]['step'] == last_step and 'val_loss' in records[-1]
@@ -48,17 +48,17 @@ def test_recipe_records_trains_three_stages_in_a_chain_and_skips_what_is_done(tm
         else:
             assert records[0]['init_from'] == str(work / source / 'model')
     times = (work / 'recipe_times.txt').read_text()
-    for name in ('record', 'all', 'pointer', 'head', 'recipe:'):
+    for name in ('record', *LAST_STEPS, 'recipe:'):
         assert f'{name} ' in times
 
-    # The head stage trained the head alone: the trunk it read is the pointer stage's.
-    pointer_model, _ = load_model(str(work / 'pointer' / 'model'))
+    # The head stage trained the head alone: the trunk it read is the all2 stage's.
+    trunk_model, _ = load_model(str(work / 'all2' / 'model'))
     head_model, _ = load_model(str(work / 'head' / 'model'))
     assert head_model.config.preset == 'sim-branch'
     head_names = {id(p) for p in head_model.head_parameters()}
-    pointer_weights = dict(pointer_model.named_parameters())
+    trunk_weights = dict(trunk_model.named_parameters())
     moved = {name for name, weight in head_model.named_parameters()
-             if not torch.equal(weight, pointer_weights[name])}
+             if not torch.equal(weight, trunk_weights[name])}
     assert moved
     assert moved <= {name for name, weight in head_model.named_parameters()
                      if id(weight) in head_names}

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The reference policy from scratch: demonstrations, then three training stages.
+# The reference policy from scratch: demonstrations, then four training stages.
 #
 #   tools/train_reference.sh [WORK_DIR]      (default runs/reference; run from the repo root
 #                                             with the venv active, or through `make train`)
@@ -11,7 +11,9 @@
 #    cloning plus the pointer, attribute and localisation losses, word noise, token dropout
 #    with half of it cut inside the decoder (WORK_DIR/all);
 # 3. stage pointer: the pointers' scoring weights alone on their labels (WORK_DIR/pointer);
-# 4. stage head: the action head and geometry branch on the frozen trunk's outputs, with
+# 4. stage all2: every weight again, from the pointer stage, at half the learning rate
+#    (WORK_DIR/all2);
+# 5. stage head: the action head and geometry branch on the frozen trunk's outputs, with
 #    pre-decoder token dropout, tokens cut inside the decoder and head-state dropout
 #    (WORK_DIR/head; the model is WORK_DIR/head/model).
 #
@@ -103,7 +105,10 @@ stage all 1500 '' --batch-size 32 --lr 6e-4 --aux-weight 1.0 --word-noise 0.5 \
     --cut-share 0.5 --seed 100
 stage pointer 3000 all --stage pointer --batch-size 64 --lr 1e-3 \
     --word-noise 0.5 --seed 101
-stage head 4000 pointer --stage head --head-views 2 \
-    --head-cut-views 2 --head-state-dropout 0.5 --batch-size 256 --lr 1e-3 --seed 102
+stage all2 1500 pointer --batch-size 32 --lr 3e-4 --aux-weight 1.0 --word-noise 0.5 \
+    --cut-share 0.5 --seed 103
+stage head 20000 all2 --stage head --head-views 2 \
+    --head-cut-views 2 --head-state-dropout 0.5 --batch-size 256 --lr 1e-3 --seed 102 \
+    --checkpoint-every 2500
 
 echo "recipe: $(( $(stamp) - started )) s in all; the model is $work/head/model" | tee -a "$log"
