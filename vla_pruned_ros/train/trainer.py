@@ -580,6 +580,12 @@ def _trunk_fingerprint(model: MultiModalVLA, batches: '_Batches', config: 'Train
     # Settings that are not weights but move the points (sharpness, refine radius) count too.
     settings = {key: value for key, value in model.config.to_dict().items()
                 if key not in HEAD_ONLY_SETTINGS}
+    # Where the towers were loaded from is not what they compute (their weights are hashed
+    # above): a resumed stage loads them from its own output, the first run from init_from.
+    for tower in ('vision', 'decoder'):
+        if isinstance(settings.get(tower), dict):
+            settings[tower] = {key: value for key, value in settings[tower].items()
+                               if key != 'pretrained_dir'}
     digest.update(json.dumps(settings, sort_keys=True).encode())
     digest.update(f'{views} {config.min_keep} {config.seed}'.encode())
     return digest.hexdigest()[:16]
