@@ -375,9 +375,9 @@ def test_head_stage_fits_only_the_head_of_a_trained_model_and_resumes(bag, tmp_p
     losses = [record['train_loss'] for record in log if 'train_loss' in record]
     assert np.mean(losses[-5:]) < np.mean(losses[:5])
     assert 'val_loss' not in log[-1] or np.isfinite(log[-1]['val_loss'])
-    # resuming reads the same trunk outputs back (the trunk now loads from the run's own
-    # output, not from init_from) and continues the same batches (stopped within the warm-up,
-    # where the schedule does not depend on the total steps)
+    # resuming reads the same trunk outputs back (though the resumed run loads the trunk from
+    # its own output, not from init_from) and continues the same batches (stopped within the
+    # warm-up, where the schedule does not depend on the total steps)
     train(_config(bag, tmp_path / 'resumed', **{**settings, 'steps': 2}))
     (cached,) = (tmp_path / 'resumed' / 'cache').glob('head_features_*.pt')
     written = cached.stat().st_mtime_ns
