@@ -15,7 +15,7 @@ SCRIPT = REPO / 'tools' / 'train_reference.sh'
 # Two episodes a family a bag: 36 episodes, so one (every 20th) is held out for validation.
 SMOKE = {'EPISODES': '2', 'STEP_DIVISOR': '100', 'THREADS': '1', 'DEVICE': 'cpu'}
 BAGS = {'demos': (0, 1, 2), 'demos_exc': (6, 7, 8)}
-LAST_STEPS = {'all': 15, 'pointer': 30, 'all2': 15, 'head': 200}
+LAST_STEPS = {'all': 15, 'pointer': 30, 'all2': 15, 'all3': 15, 'head': 200}
 
 
 def _run_recipe(work: Path) -> subprocess.CompletedProcess:
@@ -30,7 +30,7 @@ def _records(log: Path) -> list[dict]:
     return [json.loads(line) for line in log.read_text().splitlines()]
 
 
-def test_recipe_records_trains_four_stages_in_a_chain_and_skips_what_is_done(tmp_path):
+def test_recipe_records_trains_five_stages_in_a_chain_and_skips_what_is_done(tmp_path):
     work = tmp_path / 'reference'
     first = _run_recipe(work)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
@@ -38,7 +38,8 @@ def test_recipe_records_trains_four_stages_in_a_chain_and_skips_what_is_done(tmp
     for directory, shards in BAGS.items():
         for shard in shards:
             assert (work / directory / f'train_{shard}' / 'metadata.yaml').is_file()
-    sources = {'all': None, 'pointer': 'all', 'all2': 'pointer', 'head': 'all2'}
+    sources = {'all': None, 'pointer': 'all', 'all2': 'pointer', 'all3': 'all2',
+               'head': 'all3'}
     for stage, last_step in LAST_STEPS.items():
         records = _records(work / stage / 'log.jsonl')
         assert records[-1]['step'] == last_step and 'val_loss' in records[-1]
@@ -51,8 +52,8 @@ def test_recipe_records_trains_four_stages_in_a_chain_and_skips_what_is_done(tmp
     for name in ('record', *LAST_STEPS, 'recipe:'):
         assert f'{name} ' in times
 
-    # The head stage trained the head alone: the trunk it read is the all2 stage's.
-    trunk_model, _ = load_model(str(work / 'all2' / 'model'))
+    # The head stage trained the head alone: the trunk it read is the all3 stage's.
+    trunk_model, _ = load_model(str(work / 'all3' / 'model'))
     head_model, _ = load_model(str(work / 'head' / 'model'))
     assert head_model.config.preset == 'sim-branch'
     head_names = {id(p) for p in head_model.head_parameters()}
@@ -72,3 +73,17 @@ def test_recipe_records_trains_four_stages_in_a_chain_and_skips_what_is_done(tmp
     assert again.stdout.count('done already') == len(LAST_STEPS)
     assert [bag.stat().st_mtime_ns for bag in bags] == written
     assert {stage: (work / stage / 'log.jsonl').read_text() for stage in LAST_STEPS} == logs
+
+    # A head of the older recipe (it started from all2) stops the recipe, untouched.
+    head_log = work / 'head' / 'log.jsonl'
+    lines = head_log.read_text().splitlines()
+    lines[0] = json.dumps({**json.loads(lines[0]), 'init_from': str(work / 'all2' / 'model')})
+    head_log.write_text('\n'.join(lines) + '\n')
+    older_head = head_log.read_text()
+    state = (work / 'head' / 'training_state.pt').stat().st_mtime_ns
+    older = _run_recipe(work)
+    assert older.returncode != 0
+    assert f'{work / "head"} did not start from all3' in older.stderr
+    assert older.stdout.count('done already') == len(LAST_STEPS) - 1
+    assert head_log.read_text() == older_head
+    assert (work / 'head' / 'training_state.pt').stat().st_mtime_ns == state

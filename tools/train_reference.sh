@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The reference policy from scratch: demonstrations, then four training stages.
+# The reference policy from scratch: demonstrations, then five training stages.
 #
 #   tools/train_reference.sh [WORK_DIR]      (default runs/reference; run from the repo root
 #                                             with the venv active, or through `make train`)
@@ -13,7 +13,8 @@
 # 3. stage pointer: the pointers' scoring weights alone on their labels (WORK_DIR/pointer);
 # 4. stage all2: every weight again, from the pointer stage, at half the learning rate
 #    (WORK_DIR/all2);
-# 5. stage head: the action head and geometry branch on the frozen trunk's outputs, with
+# 5. stage all3: every weight a third time, from all2, as all2 with another seed (WORK_DIR/all3);
+# 6. stage head: the action head and geometry branch on the frozen all3 trunk's outputs, with
 #    pre-decoder token dropout, tokens cut inside the decoder and head-state dropout
 #    (WORK_DIR/head; the model is WORK_DIR/head/model).
 #
@@ -60,9 +61,27 @@ record() {  # record DIR SHARD [EXTRA...]: one bag of 100 train-split episodes p
 # A stage is done when its log has the final step's validation loss.
 stage_done() { grep -q "\"step\": $2,.*val_loss" "$work/$1/log.jsonl" 2>/dev/null; }
 
+# A stage on disk that started from another stage (a run of an older recipe: before all3, the
+# head started from all2) is not this recipe's: stop rather than skip or resume it.
+check_source() {  # check_source NAME FROM
+    local log="$work/$1/log.jsonl" first
+    [ -f "$log" ] || return 0
+    first=$(head -n 1 "$log")
+    # the stage's name, not the whole path: the same WORK_DIR may be spelt another way
+    if [ -n "$2" ] && [[ "$first" == *'"init_from": "'*"/$2/model\""* ]]; then
+        return 0
+    elif [ -z "$2" ] && [[ "$first" != *'"init_from"'* ]]; then
+        return 0
+    fi
+    echo "error: $work/$1 did not start from ${2:-scratch} (its log begins: ${first:0:120});" \
+        "it is an older recipe's: move it away or give another WORK_DIR" >&2
+    exit 1
+}
+
 stage() {  # stage NAME STEPS FROM ARGS...: FROM is the stage it starts from ('' = scratch)
     local name=$1 steps=$(( $2 / divisor )) from=$3
     shift 3
+    check_source "$name" "$from"
     if stage_done "$name" "$steps"; then
         echo "== $name: done already ($work/$name/model)"
         return 0
@@ -107,7 +126,9 @@ stage pointer 3000 all --stage pointer --batch-size 64 --lr 1e-3 \
     --word-noise 0.5 --seed 101
 stage all2 1500 pointer --batch-size 32 --lr 3e-4 --aux-weight 1.0 --word-noise 0.5 \
     --cut-share 0.5 --seed 103
-stage head 20000 all2 --stage head --head-views 2 \
+stage all3 1500 all2 --batch-size 32 --lr 3e-4 --aux-weight 1.0 --word-noise 0.5 \
+    --cut-share 0.5 --seed 104
+stage head 20000 all3 --stage head --head-views 2 \
     --head-cut-views 2 --head-state-dropout 0.5 --batch-size 256 --lr 1e-3 --seed 102 \
     --checkpoint-every 2500
 
