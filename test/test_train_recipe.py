@@ -15,7 +15,7 @@ SCRIPT = REPO / 'tools' / 'train_reference.sh'
 # Two episodes a family a bag: 36 episodes, so one (every 20th) is held out for validation.
 SMOKE = {'EPISODES': '2', 'STEP_DIVISOR': '100', 'THREADS': '1', 'DEVICE': 'cpu'}
 BAGS = {'demos': (0, 1, 2), 'demos_exc': (6, 7, 8)}
-LAST_STEPS = {'all': 15, 'pointer': 30, 'all2': 15, 'all3': 15, 'head': 200}
+LAST_STEPS = {'all': 15, 'pointer': 30, 'all2': 15, 'all3': 15, 'head': 400}
 
 
 def _run_recipe(work: Path) -> subprocess.CompletedProcess:

@@ -128,7 +128,7 @@ stage all2 1500 pointer --batch-size 32 --lr 3e-4 --aux-weight 1.0 --word-noise 
     --cut-share 0.5 --seed 103
 stage all3 1500 all2 --batch-size 32 --lr 3e-4 --aux-weight 1.0 --word-noise 0.5 \
     --cut-share 0.5 --seed 104
-stage head 20000 all3 --stage head --head-views 2 \
+stage head 40000 all3 --stage head --head-views 2 \
     --head-cut-views 2 --head-state-dropout 0.5 --batch-size 256 --lr 1e-3 --seed 102 \
     --checkpoint-every 2500
 
