@@ -74,9 +74,17 @@ def test_recipe_records_trains_five_stages_in_a_chain_and_skips_what_is_done(tmp
     assert [bag.stat().st_mtime_ns for bag in bags] == written
     assert {stage: (work / stage / 'log.jsonl').read_text() for stage in LAST_STEPS} == logs
 
-    # A head of the older recipe (it started from all2) stops the recipe, untouched.
+    # A head run by hand from inside the work directory names its source without the path:
+    # still the recipe's.
     head_log = work / 'head' / 'log.jsonl'
     lines = head_log.read_text().splitlines()
+    lines[0] = json.dumps({**json.loads(lines[0]), 'init_from': 'all3/model'})
+    head_log.write_text('\n'.join(lines) + '\n')
+    by_hand = _run_recipe(work)
+    assert by_hand.returncode == 0, by_hand.stderr[-3000:]
+    assert by_hand.stdout.count('done already') == len(LAST_STEPS)
+
+    # A head of the older recipe (it started from all2) stops the recipe, untouched.
     lines[0] = json.dumps({**json.loads(lines[0]), 'init_from': str(work / 'all2' / 'model')})
     head_log.write_text('\n'.join(lines) + '\n')
     older_head = head_log.read_text()

@@ -67,8 +67,10 @@ check_source() {  # check_source NAME FROM
     local log="$work/$1/log.jsonl" first
     [ -f "$log" ] || return 0
     first=$(head -n 1 "$log")
-    # the stage's name, not the whole path: the same WORK_DIR may be spelt another way
-    if [ -n "$2" ] && [[ "$first" == *'"init_from": "'*"/$2/model\""* ]]; then
+    # the stage's name, not the whole path: the same WORK_DIR may be spelt another way (or
+    # not at all, by a stage run by hand from inside it)
+    if [ -n "$2" ] && [[ "$first" == *'"init_from": "'*"/$2/model\""* ||
+            "$first" == *'"init_from": "'"$2/model\""* ]]; then
         return 0
     elif [ -z "$2" ] && [[ "$first" != *'"init_from"'* ]]; then
         return 0
