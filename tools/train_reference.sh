@@ -122,14 +122,13 @@ for pid in "${pids[@]}"; do
 done
 echo "record $(( $(stamp) - t0 )) s" | tee -a "$log"
 
-stage all 1500 '' --batch-size 32 --lr 6e-4 --aux-weight 1.0 --word-noise 0.5 \
-    --cut-share 0.5 --seed 100
+# The three every-weight stages differ only in where they start, the learning rate and the seed.
+every_weight=(--batch-size 32 --aux-weight 1.0 --word-noise 0.5 --cut-share 0.5)
+stage all 1500 '' "${every_weight[@]}" --lr 6e-4 --seed 100
 stage pointer 3000 all --stage pointer --batch-size 64 --lr 1e-3 \
     --word-noise 0.5 --seed 101
-stage all2 1500 pointer --batch-size 32 --lr 3e-4 --aux-weight 1.0 --word-noise 0.5 \
-    --cut-share 0.5 --seed 103
-stage all3 1500 all2 --batch-size 32 --lr 3e-4 --aux-weight 1.0 --word-noise 0.5 \
-    --cut-share 0.5 --seed 104
+stage all2 1500 pointer "${every_weight[@]}" --lr 3e-4 --seed 103
+stage all3 1500 all2 "${every_weight[@]}" --lr 3e-4 --seed 104
 stage head 40000 all3 --stage head --head-views 2 \
     --head-cut-views 2 --head-state-dropout 0.5 --batch-size 256 --lr 1e-3 --seed 102 \
     --checkpoint-every 2500
