@@ -107,11 +107,28 @@ def test_bad_branch_settings_are_refused(overrides, message):
 
 
 def test_the_branch_presets_build_and_round_trip(tmp_path):
-    for name, mode in (('sim-branch', 'add'), ('sim-branch-only', 'only')):
+    for name, mode in (('sim-branch', 'add'), ('sim-branch-only', 'only'),
+                       ('sim-branch-lite', 'add')):
         config = preset_config(name)
         assert (config.head_branch, config.head_branch_mode) == (256, mode)
         config.save(str(tmp_path / 'config.json'))
         assert MVLAConfig.load(str(tmp_path / 'config.json')) == config
+
+
+def test_the_lite_preset_is_the_branch_preset_with_half_the_layers_and_less_arithmetic():
+    full, lite = preset_config('sim-branch'), preset_config('sim-branch-lite')
+    assert (lite.decoder.num_layers, lite.vision.num_layers) == (2, 2)
+    # the same tokens, widths and pointers: only the depth differs
+    for config in (full, lite):
+        config.preset = ''
+        config.decoder.num_layers = config.vision.num_layers = 0
+    assert lite == full
+    flops = {name: FlopsModel.from_model(MultiModalVLA(preset_config(name)))
+             for name in ('sim-branch', 'sim-branch-lite')}
+    tokens = [153] * 4
+    ratio = (flops['sim-branch-lite'].step(64, 64, 64, 64, tokens[:2])
+             / flops['sim-branch'].step(64, 64, 64, 64, tokens))
+    assert 0.5 < ratio < 0.6
 
 
 def test_refined_points_average_the_best_groups_neighbours_only():

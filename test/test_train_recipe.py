@@ -18,8 +18,8 @@ BAGS = {'demos': (0, 1, 2), 'demos_exc': (6, 7, 8)}
 LAST_STEPS = {'all': 15, 'pointer': 30, 'all2': 15, 'all3': 15, 'head': 400}
 
 
-def _run_recipe(work: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, **SMOKE)
+def _run_recipe(work: Path, **settings: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, **SMOKE, **settings)
     # The recipe calls the `vla-pruned-ros` of this interpreter's environment.
     env['PATH'] = f'{Path(sys.executable).parent}{os.pathsep}{env["PATH"]}'
     return subprocess.run(['bash', str(SCRIPT), str(work)], cwd=REPO, env=env, text=True,
@@ -72,6 +72,12 @@ def test_recipe_records_trains_five_stages_in_a_chain_and_skips_what_is_done(tmp
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count('done already') == len(LAST_STEPS)
     assert [bag.stat().st_mtime_ns for bag in bags] == written
+    assert {stage: (work / stage / 'log.jsonl').read_text() for stage in LAST_STEPS} == logs
+
+    # Another preset on the same directory: its stages are not done, and not resumed either.
+    lite = _run_recipe(work, PRESET='sim-branch-lite')
+    assert lite.returncode != 0
+    assert 'is not a sim-branch-lite model' in lite.stderr
     assert {stage: (work / stage / 'log.jsonl').read_text() for stage in LAST_STEPS} == logs
 
     # A head run by hand from inside the work directory names its source without the path:

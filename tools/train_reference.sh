@@ -7,7 +7,7 @@
 # 1. records the demonstrations and the excursion bags of docs/training.md section 1 into
 #    WORK_DIR/demos and WORK_DIR/demos_exc, unless they are there already (JOBS bags at a
 #    time, default one per core);
-# 2. stage all: every weight of the `sim-branch` preset from a fresh initialisation, behaviour
+# 2. stage all: every weight of the PRESET (below) from a fresh initialisation, behaviour
 #    cloning plus the pointer, attribute and localisation losses, word noise, token dropout
 #    with half of it cut inside the decoder (WORK_DIR/all);
 # 3. stage pointer: the pointers' scoring weights alone on their labels (WORK_DIR/pointer);
@@ -25,6 +25,8 @@
 # THREADS (default 2) sets the torch threads; DEVICE (default auto) the training device.
 # EPISODES (default 100 a family a bag) and STEP_DIVISOR (default 1: every stage's steps are
 # divided by it) shrink the recipe to a smoke run; the tests run it that way.
+# PRESET (default sim-branch) names the model preset of every stage, HEAD_STEPS (default
+# 40000) the head stage's steps (docs/training.md, "A lighter trunk").
 set -euo pipefail
 
 work=${1:-runs/reference}
@@ -32,6 +34,8 @@ threads=${THREADS:-2}
 device=${DEVICE:-auto}
 episodes=${EPISODES:-100}
 divisor=${STEP_DIVISOR:-1}
+preset=${PRESET:-sim-branch}
+head_steps=${HEAD_STEPS:-40000}
 export MUJOCO_GL=${MUJOCO_GL:-egl}
 mkdir -p "$work"
 log="$work/recipe_times.txt"
@@ -80,10 +84,21 @@ check_source() {  # check_source NAME FROM
     exit 1
 }
 
+# A stage made with another preset (another PRESET, or the default) is not this run's either.
+check_preset() {  # check_preset NAME
+    local config="$work/$1/model/config.json"
+    [ -f "$config" ] || return 0
+    grep -q "\"preset\": *\"$preset\"" "$config" && return 0
+    echo "error: $work/$1 is not a $preset model ($(grep -o '"preset": *"[^"]*"' "$config"));" \
+        "move it away or give another WORK_DIR" >&2
+    exit 1
+}
+
 stage() {  # stage NAME STEPS FROM ARGS...: FROM is the stage it starts from ('' = scratch)
     local name=$1 steps=$(( $2 / divisor )) from=$3
     shift 3
     check_source "$name" "$from"
+    check_preset "$name"
     if stage_done "$name" "$steps"; then
         echo "== $name: done already ($work/$name/model)"
         return 0
@@ -95,7 +110,7 @@ stage() {  # stage NAME STEPS FROM ARGS...: FROM is the stage it starts from (''
         start=(--init-from "$work/$from/model")
     fi
     timed "$name" vla-pruned-ros train --data "$work/demos" "$work/demos_exc" \
-        --preset sim-branch --out "$work/$name" --steps "$steps" "${start[@]}" \
+        --preset "$preset" --out "$work/$name" --steps "$steps" "${start[@]}" \
         --cache-dir "$work/cache" --threads "$threads" --device "$device" \
         --checkpoint-every 250 "$@"
 }
@@ -129,7 +144,7 @@ stage pointer 3000 all --stage pointer --batch-size 64 --lr 1e-3 \
     --word-noise 0.5 --seed 101
 stage all2 1500 pointer "${every_weight[@]}" --lr 3e-4 --seed 103
 stage all3 1500 all2 "${every_weight[@]}" --lr 3e-4 --seed 104
-stage head 40000 all3 --stage head --head-views 2 \
+stage head "$head_steps" all3 --stage head --head-views 2 \
     --head-cut-views 2 --head-state-dropout 0.5 --batch-size 256 --lr 1e-3 --seed 102 \
     --checkpoint-every 2500
 

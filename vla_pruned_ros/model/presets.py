@@ -13,7 +13,7 @@ Named model shapes.
   stay), a 4-layer 192-wide Qwen2-family decoder, pointers at the named object and zone
   (:mod:`vla_pruned_ros.model.pointer`) and a two-layer action head that also reads where they
   are relative to the gripper (through the simulator camera's pose, ``camera_to_base``); sized
-  to train on a 2-core CPU in about an hour.
+  for a 2-core CPU (its ``sim-branch`` recipe takes about three hours there: docs/training.md).
 - ``sim-shape``: ``sim`` whose pointers also see the shape of the object around each group
   (``object_context``) and score colour and shape apart (``pointer_score='factored'``): fewer
   grounding errors on the heldout colour / shape pairs, not (yet) more closed-loop successes
@@ -26,6 +26,11 @@ Named model shapes.
   geometry branch (:mod:`vla_pruned_ros.model.geometry_branch`) added to the action head or in
   its place, and pointers that place their points at the centre of the best-scoring thing and
   track it from step to step (docs/training.md, runs 43-46).
+- ``sim-branch-lite``: ``sim-branch`` with a 2-layer decoder and a 2-layer vision tower (the
+  same tokens and widths): 0.46 GFLOP a frame against 0.80, a training step about 0.6 s
+  against 0.85-1.1 on the 2-core development CPU, the recipe 98 min against 153-211; dense at
+  the benchmark's target, tri_stage at 25 % not in pick (docs/training.md, "A lighter
+  trunk").
 - ``mla-7b``: the tri-stage paper's MLA shape: LLaMA-2-7B decoder with 256 2D + 256 3D
   tokens. Random weights, for latency measurements only (use bf16 on a GPU).
 """
@@ -169,6 +174,15 @@ def _sim_branch(mode: str) -> MVLAConfig:
     return config
 
 
+def _sim_branch_lite() -> MVLAConfig:
+    config = _sim_branch('add')
+    config.preset = 'sim-branch-lite'
+    # The decoder is three quarters of the arithmetic (FlopsModel.from_model).
+    config.decoder.num_layers = 2
+    config.vision.num_layers = 2
+    return config
+
+
 def _mla_7b() -> MVLAConfig:
     return MVLAConfig(
         decoder=DecoderConfig(
@@ -189,6 +203,7 @@ PRESETS: dict[str, Callable[[], MVLAConfig]] = {
     'sim-attribute': _sim_attribute,
     'sim-branch': lambda: _sim_branch('add'),
     'sim-branch-only': lambda: _sim_branch('only'),
+    'sim-branch-lite': _sim_branch_lite,
     'mla-7b': _mla_7b,
 }
 
