@@ -78,7 +78,18 @@ def test_recipe_records_trains_five_stages_in_a_chain_and_skips_what_is_done(tmp
     lite = _run_recipe(work, PRESET='sim-branch-lite')
     assert lite.returncode != 0
     assert 'is not a sim-branch-lite model' in lite.stderr
+    # A head of another length is not extended (or shortened) into this one either.
+    shorter = _run_recipe(work, HEAD_STEPS='20000')
+    assert shorter.returncode != 0
+    assert f'{work / "head"} was trained for 400 steps, not 200' in shorter.stderr
     assert {stage: (work / stage / 'log.jsonl').read_text() for stage in LAST_STEPS} == logs
+    for bad, message in (
+        ({'HEAD_STEPS': '2e4'}, 'HEAD_STEPS must be a positive whole number'),
+        ({'PRESET': 'sim-branch-tiny'}, "PRESET: unknown preset 'sim-branch-tiny'"),
+    ):
+        refused = _run_recipe(tmp_path / 'refused', **bad)
+        assert refused.returncode != 0 and message in refused.stderr
+        assert not (tmp_path / 'refused' / 'demos').exists()
 
     # A head run by hand from inside the work directory names its source without the path:
     # still the recipe's.

@@ -36,6 +36,16 @@ episodes=${EPISODES:-100}
 divisor=${STEP_DIVISOR:-1}
 preset=${PRESET:-sim-branch}
 head_steps=${HEAD_STEPS:-40000}
+if ! [[ $head_steps =~ ^[1-9][0-9]*$ ]]; then
+    echo "error: HEAD_STEPS must be a positive whole number, not '$head_steps'" >&2
+    exit 2
+fi
+# An unknown preset stops here, not after the bags are recorded.
+python -c 'import sys; from vla_pruned_ros.model.presets import preset_config
+try:
+    preset_config(sys.argv[1])
+except ValueError as error:
+    sys.exit(f"error: PRESET: {error}")' "$preset"
 export MUJOCO_GL=${MUJOCO_GL:-egl}
 mkdir -p "$work"
 log="$work/recipe_times.txt"
@@ -94,11 +104,26 @@ check_preset() {  # check_preset NAME
     exit 1
 }
 
+# A stage begun for another number of steps (another HEAD_STEPS) would be resumed into a run
+# of neither length: stop instead.
+check_steps() {  # check_steps NAME STEPS
+    local state="$work/$1/training_state.pt" planned
+    [ -f "$state" ] || return 0
+    planned=$(python -c 'import sys, torch
+state = torch.load(sys.argv[1], weights_only=False, map_location="cpu")
+print(state["config"]["steps"])' "$state")
+    [ "$planned" = "$2" ] && return 0
+    echo "error: $work/$1 was trained for $planned steps, not $2;" \
+        "move it away or give another WORK_DIR" >&2
+    exit 1
+}
+
 stage() {  # stage NAME STEPS FROM ARGS...: FROM is the stage it starts from ('' = scratch)
     local name=$1 steps=$(( $2 / divisor )) from=$3
     shift 3
     check_source "$name" "$from"
     check_preset "$name"
+    check_steps "$name" "$steps"
     if stage_done "$name" "$steps"; then
         echo "== $name: done already ($work/$name/model)"
         return 0
