@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from model_fixtures import check_budget_contract, make_observation, micro_config
-from vla_pruned_ros.policy import Policy
+from vla_pruned_ros.policy import Policy, PrunerDepthError
 from vla_pruned_ros.pruning import Budget, available_pruners, create_pruner
 
 METHODS = ['ties', 'vla_pruner', 'info_entropy', 'safe']
@@ -84,3 +84,45 @@ def test_bad_config_is_rejected_at_configure(micro_policy, name):
            'info_entropy': {'entropy_3d': 'colour'}, 'safe': {'layer': 0}}[name]
     with pytest.raises(ValueError):
         create_pruner(name, **bad)
+
+
+# The layer each pruner cuts before by default, and the setting that moves it: a 2-layer
+# decoder (the lite and narrow presets) has only layers 0 and 1.
+DEPTH_SETTINGS = {'tri_stage': ('semantic_layer', 2), 'vla_pruner': ('layer', 3),
+                  'safe': ('layer', 3), 'fastv': ('layer', 3)}
+
+
+@pytest.mark.parametrize('name', sorted(DEPTH_SETTINGS))
+def test_a_cut_past_the_last_layer_is_a_clear_error_and_a_shallower_one_runs(name):
+    policy = _two_layer_policy()
+    setting, default = DEPTH_SETTINGS[name]
+    base = SWEEP_CONFIG.get(name, {})
+    policy.configure(name, Budget(keep_ratio=0.25), pruner_config=base)
+    observations = [make_observation(seed) for seed in (0, 0, 1, 1)]
+    with pytest.raises(PrunerDepthError, match=f'layer {default}, .* has 2 layers'):
+        for observation in observations:
+            policy.step(observation)
+    # the same policy, told to cut before layer 1, keeps the budget on its pruned steps
+    policy.configure(name, pruner_config={**base, setting: 1})
+    policy.reset()
+    steps = [policy.step(observation)[1] for observation in observations]
+    pruned = [stats for stats in steps if not stats.full_step]
+    assert pruned and all(stats.tokens_kept == 8 for stats in pruned)
+
+
+def test_ties_needs_two_layers_below_its_cut():
+    # tau compares layers that have run by the cut: K = 1 leaves one, so a 2-layer decoder
+    # cannot run TIES at all, and says so
+    policy = _two_layer_policy()
+    policy.configure('ties', Budget(keep_ratio=0.25))
+    with pytest.raises(PrunerDepthError, match='layer 3, .* has 2 layers'):
+        policy.step(make_observation(0))
+    for bad in ({'layer': 1}, {'layer': 2, 'tau_layers': (0, 2)}):
+        with pytest.raises(ValueError, match='below layer K'):
+            policy.configure('ties', pruner_config=bad)
+
+
+def _two_layer_policy() -> Policy:
+    config = micro_config()
+    config.decoder = replace(config.decoder, num_layers=2)
+    return Policy.from_config(config, device='cpu', seed=0)

@@ -1,5 +1,6 @@
 """The geometry branch and refined pointer placement: what the sim-branch presets add."""
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -11,6 +12,7 @@ from vla_pruned_ros.model.mvla import MultiModalVLA
 from vla_pruned_ros.model.pointer import PointerOutput, place_points
 from vla_pruned_ros.model.presets import preset_config
 from vla_pruned_ros.policy import Policy
+from vla_pruned_ros.pruning import Budget
 from vla_pruned_ros.train.trainer import warm_start
 
 
@@ -108,7 +110,7 @@ def test_bad_branch_settings_are_refused(overrides, message):
 
 def test_the_branch_presets_build_and_round_trip(tmp_path):
     for name, mode in (('sim-branch', 'add'), ('sim-branch-only', 'only'),
-                       ('sim-branch-lite', 'add')):
+                       ('sim-branch-lite', 'add'), ('sim-branch-narrow', 'add')):
         config = preset_config(name)
         assert (config.head_branch, config.head_branch_mode) == (256, mode)
         config.save(str(tmp_path / 'config.json'))
@@ -129,6 +131,38 @@ def test_the_lite_preset_is_the_branch_preset_with_half_the_layers_and_less_arit
     ratio = (flops['sim-branch-lite'].step(64, 64, 64, 64, tokens[:2])
              / flops['sim-branch'].step(64, 64, 64, 64, tokens))
     assert 0.5 < ratio < 0.6
+
+
+def test_the_narrow_preset_is_the_lite_preset_two_thirds_as_wide_with_half_its_arithmetic():
+    lite, narrow = preset_config('sim-branch-lite'), preset_config('sim-branch-narrow')
+    assert (narrow.decoder.hidden_size, narrow.vision.hidden_size, narrow.points.out_dim) == (
+        128, 128, 128)
+    # heads as wide as the lite preset's, so the width is fewer heads, not thinner ones
+    assert narrow.decoder.hidden_size // narrow.decoder.num_heads == 32
+    assert narrow.vision.hidden_size // narrow.vision.num_heads == 64
+    policy = Policy.from_config(narrow, device='cpu')
+    # semantic_layer 1: the default cuts before layer 2, which a 2-layer decoder lacks
+    policy.configure('tri_stage', Budget(keep_ratio=0.25), pruner_config={'semantic_layer': 1})
+    for seed in (0, 1):  # an episode's first step is a full one
+        chunk, stats = policy.step(make_observation(seed))
+        assert chunk.shape == (narrow.horizon, narrow.action_dim) and np.isfinite(chunk).all()
+    kept, visual = (stats.tokens_2d_kept + stats.tokens_3d_kept,
+                    stats.tokens_2d_in + stats.tokens_3d_in)
+    assert (visual, kept) == (128, 32)
+    model = policy.model
+    # the same tokens, depth, pointers and head: only the widths differ
+    lite, narrow = preset_config('sim-branch-lite'), preset_config('sim-branch-narrow')
+    for config in (lite, narrow):
+        config.preset = ''
+        config.decoder.hidden_size = config.decoder.num_heads = 0
+        config.decoder.intermediate_size = config.vision.intermediate_size = 0
+        config.vision.hidden_size = config.vision.num_heads = config.points.out_dim = 0
+    assert narrow == lite
+    tokens = [153] * 2
+    ratio = (FlopsModel.from_model(model).step(64, 64, 64, 64, tokens)
+             / FlopsModel.from_model(MultiModalVLA(preset_config('sim-branch-lite')))
+             .step(64, 64, 64, 64, tokens))
+    assert 0.45 < ratio < 0.55
 
 
 def test_refined_points_average_the_best_groups_neighbours_only():

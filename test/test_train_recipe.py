@@ -15,7 +15,7 @@ SCRIPT = REPO / 'tools' / 'train_reference.sh'
 # Two episodes a family a bag: 36 episodes, so one (every 20th) is held out for validation.
 SMOKE = {'EPISODES': '2', 'STEP_DIVISOR': '100', 'THREADS': '1', 'DEVICE': 'cpu'}
 BAGS = {'demos': (0, 1, 2), 'demos_exc': (6, 7, 8)}
-LAST_STEPS = {'all': 15, 'pointer': 30, 'all2': 15, 'all3': 15, 'head': 400}
+LAST_STEPS = {'all': 15, 'pointer': 30, 'all2': 15, 'all3': 15, 'head': 200}
 
 
 def _run_recipe(work: Path, **settings: str) -> subprocess.CompletedProcess:
@@ -55,7 +55,7 @@ def test_recipe_records_trains_five_stages_in_a_chain_and_skips_what_is_done(tmp
     # The head stage trained the head alone: the trunk it read is the all3 stage's.
     trunk_model, _ = load_model(str(work / 'all3' / 'model'))
     head_model, _ = load_model(str(work / 'head' / 'model'))
-    assert head_model.config.preset == 'sim-branch'
+    assert head_model.config.preset == 'sim-branch-narrow'  # the recipe's default
     head_names = {id(p) for p in head_model.head_parameters()}
     trunk_weights = dict(trunk_model.named_parameters())
     moved = {name for name, weight in head_model.named_parameters()
@@ -79,9 +79,9 @@ def test_recipe_records_trains_five_stages_in_a_chain_and_skips_what_is_done(tmp
     assert lite.returncode != 0
     assert 'is not a sim-branch-lite model' in lite.stderr
     # A head of another length is not extended (or shortened) into this one either.
-    shorter = _run_recipe(work, HEAD_STEPS='20000')
-    assert shorter.returncode != 0
-    assert f'{work / "head"} was trained for 400 steps, not 200' in shorter.stderr
+    longer = _run_recipe(work, HEAD_STEPS='40000')
+    assert longer.returncode != 0
+    assert f'{work / "head"} was trained for 200 steps, not 400' in longer.stderr
     assert {stage: (work / stage / 'log.jsonl').read_text() for stage in LAST_STEPS} == logs
     for bad, message in (
         ({'HEAD_STEPS': '2e4'}, 'HEAD_STEPS must be a positive whole number'),

@@ -20,13 +20,15 @@
 #
 # Each stage resumes where it stopped when WORK_DIR/STAGE/training_state.pt is there and its
 # model is not complete yet, so an interrupted recipe continues with the same command. The
-# settings are those of docs/training.md, "From scratch in one recipe", which records what the
-# result solves and how long each part took on the development machine (2-core CPU).
+# settings are those of docs/training.md, "From scratch in one recipe", and its default preset
+# and head length those of "A narrower trunk", which records what the result solves and how
+# long each part took on the development machine (2-core CPU: 49 min, recording included).
 # THREADS (default 2) sets the torch threads; DEVICE (default auto) the training device.
 # EPISODES (default 100 a family a bag) and STEP_DIVISOR (default 1: every stage's steps are
 # divided by it) shrink the recipe to a smoke run; the tests run it that way.
-# PRESET (default sim-branch) names the model preset of every stage, HEAD_STEPS (default
-# 40000) the head stage's steps (docs/training.md, "A lighter trunk").
+# PRESET (default sim-branch-narrow) names the model preset of every stage, HEAD_STEPS (default
+# 20000) the head stage's steps; PRESET=sim-branch HEAD_STEPS=40000 is the full-width recipe of
+# "From scratch in one recipe" (about three hours), sim-branch-lite that of "A lighter trunk".
 set -euo pipefail
 
 work=${1:-runs/reference}
@@ -34,8 +36,8 @@ threads=${THREADS:-2}
 device=${DEVICE:-auto}
 episodes=${EPISODES:-100}
 divisor=${STEP_DIVISOR:-1}
-preset=${PRESET:-sim-branch}
-head_steps=${HEAD_STEPS:-40000}
+preset=${PRESET:-sim-branch-narrow}
+head_steps=${HEAD_STEPS:-20000}
 if ! [[ $head_steps =~ ^[1-9][0-9]*$ ]]; then
     echo "error: HEAD_STEPS must be a positive whole number, not '$head_steps'" >&2
     exit 2

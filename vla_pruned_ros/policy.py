@@ -29,7 +29,14 @@ from vla_pruned_ros.model.presets import preset_config
 from vla_pruned_ros.model.runner import LayerRunner, RunState, synchronize
 from vla_pruned_ros.model.text import InstructionEncoder, build_tokenizer
 from vla_pruned_ros.observation import Observation
-from vla_pruned_ros.pruning import Budget, Pruner, StepContext, StepOutcome, create_pruner
+from vla_pruned_ros.pruning import (
+    Budget,
+    Pruner,
+    StepContext,
+    StepOutcome,
+    StepPlan,
+    create_pruner,
+)
 from vla_pruned_ros.stats import StepStats
 from vla_pruned_ros.tokens.layout import TokenLayout
 from vla_pruned_ros.tokens.points_3d import (
@@ -41,6 +48,10 @@ from vla_pruned_ros.tokens.points_3d import (
 
 class PrunerContractError(RuntimeError):
     """A pruner returned an invalid selection (a bug in the pruner, not bad input)."""
+
+
+class PrunerDepthError(ValueError):
+    """A pruner set to read or cut at a decoder layer this model does not have."""
 
 
 @dataclass
@@ -278,6 +289,7 @@ class Policy:
         ids = torch.tensor([input_ids], device=self.device)
         mark = self._timer()
         ctx.plan = self.pruner.plan(ctx)
+        self._check_depth(ctx.plan)
         pointed = None
         if ctx.plan.pointer_first and not ctx.plan.full_step and model.pointer is not None:
             overhead += self._timer() - mark  # the pointers are model work, not the pruner's
@@ -405,6 +417,22 @@ class Policy:
         if not positions.numel():
             return None
         return KVReuse(positions, reuse.cache)
+
+    def _check_depth(self, plan: StepPlan) -> None:
+        """Refuse a plan that reads or cuts past the decoder's last layer, before any work."""
+        depth = self.runner.num_layers
+        asked = [('reads attention at', probe.layer) for probe in plan.probes]
+        if not plan.full_step:
+            asked += [('cuts tokens before', layer) for layer in plan.prune_layers]
+        for what, layer in sorted(asked, key=lambda item: item[1], reverse=True):
+            if not 0 <= layer < depth:
+                # without this a cut past the last layer never happens and the step keeps
+                # more than its budget (or the runner fails on a probe mid-step)
+                raise PrunerDepthError(
+                    f"{self.pruner.name} {what} decoder layer {layer}, but this model's decoder"
+                    f" has {depth} layers (0..{depth - 1}): set the pruner's layer setting"
+                    f' lower (tri_stage semantic_layer, fastv / ties / safe / vla_pruner layer)'
+                )
 
     def _check_keep(
         self, keep: Optional[torch.Tensor], available: torch.Tensor, layout: TokenLayout

@@ -31,6 +31,10 @@ Named model shapes.
   against 0.85-1.1 on the 2-core development CPU, the recipe 98 min against 153-211; dense at
   the benchmark's target, tri_stage at 25 % not in pick (docs/training.md, "A lighter
   trunk").
+- ``sim-branch-narrow``: ``sim-branch-lite`` at 128 wide instead of 192 (decoder, vision tower
+  and 3D tokens; heads as wide, fewer of them): 0.23 GFLOP a frame (docs/training.md, "A
+  narrower trunk"). Its decoder has two layers, so pruners that cut inside it need their
+  layer setting at 1 (``tri_stage:semantic_layer=1``, as the benchmark's setting has).
 - ``mla-7b``: the tri-stage paper's MLA shape: LLaMA-2-7B decoder with 256 2D + 256 3D
   tokens. Random weights, for latency measurements only (use bf16 on a GPU).
 """
@@ -183,6 +187,25 @@ def _sim_branch_lite() -> MVLAConfig:
     return config
 
 
+# The narrow trunk's width: two thirds of the sim presets' 192, heads kept 32 (decoder) and
+# 64 (vision tower) wide, feed-forward layers kept 3 and 2 times the width.
+SIM_NARROW_WIDTH = 128
+
+
+def _sim_branch_narrow() -> MVLAConfig:
+    config = _sim_branch_lite()
+    config.preset = 'sim-branch-narrow'
+    width = SIM_NARROW_WIDTH
+    config.decoder.hidden_size = width
+    config.decoder.num_heads = width // 32
+    config.decoder.intermediate_size = 3 * width
+    config.vision.hidden_size = width
+    config.vision.num_heads = width // 64
+    config.vision.intermediate_size = 2 * width
+    config.points.out_dim = width
+    return config
+
+
 def _mla_7b() -> MVLAConfig:
     return MVLAConfig(
         decoder=DecoderConfig(
@@ -204,6 +227,7 @@ PRESETS: dict[str, Callable[[], MVLAConfig]] = {
     'sim-branch': lambda: _sim_branch('add'),
     'sim-branch-only': lambda: _sim_branch('only'),
     'sim-branch-lite': _sim_branch_lite,
+    'sim-branch-narrow': _sim_branch_narrow,
     'mla-7b': _mla_7b,
 }
 
