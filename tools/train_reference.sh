@@ -22,7 +22,7 @@
 # model is not complete yet, so an interrupted recipe continues with the same command. The
 # settings are those of docs/training.md, "From scratch in one recipe", and its default preset
 # and head length those of "A narrower trunk", which records what the result solves and how
-# long each part took on the development machine (2-core CPU: 49 min, recording included).
+# long each part took on the development machine (2-core CPU: 48 min, recording included).
 # THREADS (default 2) sets the torch threads; DEVICE (default auto) the training device.
 # EPISODES (default 100 a family a bag) and STEP_DIVISOR (default 1: every stage's steps are
 # divided by it) shrink the recipe to a smoke run; the tests run it that way.
