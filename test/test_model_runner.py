@@ -126,3 +126,15 @@ def test_a_dropped_token_cannot_come_back():
     with pytest.raises(ValueError, match='cannot come back'):
         LayerRunner(decoder).run(torch.randn(1, layout.length, 64), layout,
                                  prune_layers={1, 2}, on_prune=lambda state: next(calls))
+
+
+def test_layers_past_the_last_are_refused_not_skipped():
+    decoder = _decoder('qwen2')
+    layout = _layout()
+    runner = LayerRunner(decoder)
+    last = runner.num_layers - 1
+    embeds = torch.randn(1, layout.length, 64)
+    with pytest.raises(ValueError, match=f'prune layer {last + 1} outside 0..{last}'):
+        runner.run(embeds, layout, prune_layers={last + 1}, on_prune=lambda state: None)
+    with pytest.raises(ValueError, match=f'probe layer {last + 1} outside 0..{last}'):
+        runner.run(embeds, layout, probes=[AttentionProbe(last + 1, 'last_text')])

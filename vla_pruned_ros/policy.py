@@ -420,14 +420,13 @@ class Policy:
 
     def _check_depth(self, plan: StepPlan) -> None:
         """Refuse a plan that reads or cuts past the decoder's last layer, before any work."""
+        # the runner refuses these too, but only after the pointers and stage 1 have run
         depth = self.runner.num_layers
-        asked = [('reads attention at', probe.layer) for probe in plan.probes]
-        if not plan.full_step:
-            asked += [('cuts tokens before', layer) for layer in plan.prune_layers]
-        for what, layer in sorted(asked, key=lambda item: item[1], reverse=True):
+        cuts = () if plan.full_step else sorted(plan.prune_layers)
+        asked = [('cuts tokens before', layer) for layer in cuts]
+        asked += [('reads attention at', probe.layer) for probe in plan.probes]
+        for what, layer in asked:
             if not 0 <= layer < depth:
-                # without this a cut past the last layer never happens and the step keeps
-                # more than its budget (or the runner fails on a probe mid-step)
                 raise PrunerDepthError(
                     f"{self.pruner.name} {what} decoder layer {layer}, but this model's decoder"
                     f" has {depth} layers (0..{depth - 1}): set the pruner's layer setting"

@@ -230,6 +230,10 @@ class LayerRunner:
         positions = positions.to(device)
         probes = list(probes)
         prune_layers = set(prune_layers)
+        # a cut past the last layer would silently never happen
+        for layer in prune_layers:
+            if not 0 <= layer < self.num_layers:
+                raise ValueError(f'prune layer {layer} outside 0..{self.num_layers - 1}')
         probes_by_layer: dict[int, list] = {}
         for probe in probes:
             if not 0 <= probe.layer < self.num_layers:

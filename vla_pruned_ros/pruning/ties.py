@@ -100,12 +100,11 @@ class TiesConfig(PrunerConfig):
         if self.layer < 1:
             raise ValueError('layer K must be at least 1 (it reads layer K-1)')
         self.tau_layers = tuple(int(layer) for layer in self.tau_layers)
-        if self.tau_layers and len(self.tau_layers) < 2:
-            raise ValueError('tau_layers needs at least two layers (one adjacent pair)')
         # tau is read at the cut, so its layers must have run by then
         if len(self.pair_layers()) < 2 or max(self.pair_layers()) >= self.layer:
-            raise ValueError(f'tau compares two or more layers below layer K = {self.layer};'
-                             f' got {self.pair_layers()} (K >= 2, a decoder of 3 layers or more)')
+            raise ValueError(f'tau compares two or more layers (one adjacent pair at least) below'
+                             f' layer K = {self.layer}; got {self.pair_layers()} (K >= 2, a'
+                             f' decoder of 3 layers or more)')
         if not -1.0 <= self.tau_low <= self.tau_median <= self.tau_high <= 1.0:
             raise ValueError('need -1 <= tau_low <= tau_median <= tau_high <= 1')
         if not 0.0 <= self.low_quantile <= 0.5 <= self.high_quantile <= 1.0:
